@@ -1,0 +1,209 @@
+"""gear.ini -> typed, validated, immutable settings.
+
+Parsing is strict so that operators find their mistakes at start-up, not at 3 a.m.:
+unknown sections and keys, wrong types and a missing file all raise one `ConfigError`
+naming the file, section and key. Values are taken literally (no `%` interpolation),
+because AMQP URLs carry percent-encoded vhosts and passwords.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import defaults
+from .defaults import Key
+from .errors import ConfigError
+from .jobtypes import JOB_TYPES
+
+
+@dataclass(frozen=True)
+class RabbitSettings:
+    urls: tuple[str, ...]
+    heartbeat: int
+    socket_timeout: float
+    blocked_connection_timeout: float
+    reconnect_max_delay: float
+    ca_file: str
+    cert_file: str
+    key_file: str
+    tls_verify: bool
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    state_dir: Path
+    datasets_dir: Path
+    carts_dir: Path
+    projections_dir: Path
+    uploads_dir: Path
+    exports_dir: Path
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    job_type: str
+    queue_enabled: bool
+    queue_host: str
+    queue: str
+    prefetch: int
+    workers: int
+    max_retries: int
+    retry_backoff: float
+    retry_backoff_max: float
+    time_limit: float
+    soft_time_limit: float
+    max_memory_mb: int
+    max_jobs_per_child: int
+    rate_limit: float
+    max_message_bytes: int
+    queue_type: str
+    max_length: int
+    max_priority: int
+    message_ttl: int
+    reply_timeout: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    rabbitmq: RabbitSettings
+    paths: PathSettings
+    services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+
+    def service(self, job_type: str) -> ServiceSettings:
+        try:
+            return self.services[job_type]
+        except KeyError:
+            raise ConfigError(f"unknown job type '{job_type}' "
+                              f"(known: {', '.join(self.services)})") from None
+
+    def broker_urls(self, job_type: str) -> tuple[str, ...]:
+        """The broker URLs for `job_type`: [rabbitmq] url, else its section's queue_host."""
+        if self.rabbitmq.urls:
+            return self.rabbitmq.urls
+        host = self.service(job_type).queue_host
+        return (f"amqp://guest:guest@{host}:5672/%2F",)
+
+
+def service_section(job_type: str) -> str:
+    return f"{job_type}_service"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] = os.environ) -> Path:
+    """The gear.ini to use: --config, then $GEAR_INI, then ./gear.ini, /etc/gear/gear.ini."""
+    if explicit:
+        return Path(explicit)
+    if environ.get(defaults.ENV_CONFIG):
+        return Path(environ[defaults.ENV_CONFIG])
+    for candidate in defaults.SEARCH_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise ConfigError(
+        f"no gear.ini found: give --config PATH, set ${defaults.ENV_CONFIG}, or create one of "
+        f"{', '.join(defaults.SEARCH_PATHS)} (see gear.ini.example)"
+    )
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] = os.environ) -> Settings:
+    """Find, read and validate gear.ini."""
+    path = find_config(explicit, environ)
+    parser = configparser.RawConfigParser(
+        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True,
+        default_section="\x00no-defaults",
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read: {error}", path=str(path)) from None
+    except configparser.Error as error:
+        raise ConfigError(f"not a valid ini file: {error}", path=str(path)) from None
+    return _build_settings(path, parser, environ)
+
+
+def _build_settings(path: Path, parser: configparser.RawConfigParser,
+                    environ: Mapping[str, str]) -> Settings:
+    known = dict(defaults.SECTION_KEYS)
+    known.update({service_section(name): defaults.SERVICE_KEYS for name in JOB_TYPES})
+    for section in parser.sections():
+        if section not in known:
+            raise ConfigError(f"unknown section (known: {', '.join(known)})",
+                              path=str(path), section=section)
+
+    def values(section: str, keys: tuple[Key, ...], **context: str) -> dict[str, Any]:
+        given = dict(parser.items(section)) if parser.has_section(section) else {}
+        names = {key.name for key in keys}
+        for name in given:
+            if name not in names:
+                raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})",
+                                  path=str(path), section=section, key=name)
+        result: dict[str, Any] = {}
+        for key in keys:
+            if key.name in given:
+                try:
+                    result[key.name] = key.convert(given[key.name])
+                except ValueError as error:
+                    raise ConfigError(str(error), path=str(path), section=section,
+                                      key=key.name) from None
+            else:
+                default = key.default
+                result[key.name] = default.format(**context) if isinstance(default, str) \
+                    else default
+        return result
+
+    rabbit = values("rabbitmq", defaults.RABBITMQ_KEYS)
+    url_text = environ.get(defaults.ENV_RABBITMQ_URL) or rabbit.pop("url")
+    rabbit.pop("url", None)
+    urls = tuple(url.strip() for url in url_text.split(",") if url.strip())
+    for url in urls:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ConfigError(f"not an amqp:// or amqps:// URL: {mask_url(url)!r}",
+                              path=str(path), section="rabbitmq", key="url")
+
+    base = path.resolve().parent
+    path_values = values("paths", defaults.PATH_KEYS)
+    paths = PathSettings(**{name: base / value for name, value in path_values.items()})
+
+    services = {}
+    for name in JOB_TYPES:
+        section = service_section(name)
+        service = ServiceSettings(job_type=name, **values(section, defaults.SERVICE_KEYS,
+                                                          job_type=name))
+        _check_service(service, path, section)
+        services[name] = service
+    return Settings(source=path, rabbitmq=RabbitSettings(urls=urls, **rabbit), paths=paths,
+                    services=services)
+
+
+def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
+    if not service.queue or len(service.queue.encode()) > 200:
+        raise ConfigError("queue name must be 1 to 200 bytes", path=str(path),
+                          section=section, key="queue")
+    if service.max_priority > 255:
+        raise ConfigError("must be at most 255", path=str(path), section=section,
+                          key="max_priority")
+    if service.soft_time_limit and service.time_limit and \
+            service.soft_time_limit >= service.time_limit:
+        raise ConfigError("must be below time_limit, so the job can clean up before the "
+                          "hard kill", path=str(path), section=section, key="soft_time_limit")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and check-config."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+

@@ -1,0 +1,154 @@
+"""Every gear.ini key: its type, its default and why it exists — in one place.
+
+`config.py` parses against this table, `gear.ini.example` is rendered from it (a test
+keeps the committed file equal to the rendering), and docs point here. A key that is
+not in this table is rejected, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected 0/1, true/false, yes/no or on/off, got {text!r}")
+
+
+def parse_int(text: str) -> int:
+    return int(text.strip())
+
+
+def parse_float(text: str) -> float:
+    return float(text.strip())
+
+
+def parse_str(text: str) -> str:
+    return text.strip()
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+    return parse
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    minimum: float | None = None
+
+    def convert(self, text: str) -> Any:
+        value = self.parse(text)
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"must be at least {self.minimum:g}, got {text.strip()!r}")
+        return value
+
+
+RABBITMQ_KEYS: tuple[Key, ...] = (
+    Key("url", parse_str, "",
+        "amqp:// or amqps:// URL(s), comma-separated to fail over between brokers, e.g. "
+        "amqp://gear:secret@127.0.0.1:5672/%2F. Taken literally (no % interpolation). "
+        "$GEAR_RABBITMQ_URL overrides it. Empty: amqp://guest:guest@<queue_host>:5672/%2F "
+        "from the job type's queue_host."),
+    Key("heartbeat", parse_int, 60,
+        "AMQP heartbeat in seconds. Jobs run in a child process, so this never needs to "
+        "cover a job's length.", minimum=0),
+    Key("socket_timeout", parse_float, 10.0, "Seconds to wait for a TCP connect.", minimum=0.1),
+    Key("blocked_connection_timeout", parse_float, 300.0,
+        "Seconds a connection may stay blocked by a broker resource alarm before it is "
+        "dropped and re-established.", minimum=0),
+    Key("reconnect_max_delay", parse_float, 30.0,
+        "Cap of the exponential reconnect backoff (seconds, full jitter).", minimum=0.1),
+    Key("ca_file", parse_str, "", "amqps: CA bundle to verify the broker with (empty: system CAs)."),
+    Key("cert_file", parse_str, "", "amqps: client certificate (PEM), for TLS client auth."),
+    Key("key_file", parse_str, "", "amqps: client private key (PEM)."),
+    Key("tls_verify", parse_bool, True, "amqps: verify the broker's certificate and host name."),
+)
+
+PATH_KEYS: tuple[Key, ...] = (
+    Key("state_dir", parse_str, "/var/lib/gear/state",
+        "Job-state records (queued/running/succeeded/failed, attempts, result). Relative "
+        "paths are taken from the folder of gear.ini."),
+    Key("datasets_dir", parse_str, "/var/lib/gear/datasets",
+        "Target datasets: <dataset_id>.h5ad, .csv or .tsv."),
+    Key("carts_dir", parse_str, "/var/lib/gear/carts",
+        "Gene carts (pattern loadings): cart.<genecart_id>.tab."),
+    Key("projections_dir", parse_str, "/var/lib/gear/projections",
+        "ProjectR outputs: by_dataset/<dataset_id>/<projection_id>.csv and the indexes."),
+    Key("uploads_dir", parse_str, "/var/lib/gear/uploads",
+        "dataset_import reads uploaded files from here."),
+    Key("exports_dir", parse_str, "/var/lib/gear/exports", "export writes its files here."),
+)
+
+SERVICE_KEYS: tuple[Key, ...] = (
+    Key("queue_enabled", parse_bool, True,
+        "1: submit() publishes to RabbitMQ and a consumer runs the job. 0: the job runs "
+        "in-process in the caller, and no broker is contacted."),
+    Key("queue_host", parse_str, "localhost",
+        "Broker host used when [rabbitmq] url is empty (gEAR's original key)."),
+    Key("queue", parse_str, "{job_type}_jobs", "Queue name. Retry queues are <queue>.retry.N, "
+        "dead letters go to <queue>.dead."),
+    Key("prefetch", parse_int, 1, "Unacked messages a consumer holds (basic.qos).", minimum=1),
+    Key("workers", parse_int, 2,
+        "Consumer instances install.sh and `gearqueue scale` enable for this type.", minimum=0),
+    Key("max_retries", parse_int, 3,
+        "Retries after the first attempt of a transient failure, crash or time limit.",
+        minimum=0),
+    Key("retry_backoff", parse_float, 2.0,
+        "Delay before retry N is retry_backoff * 2^(N-1) seconds, jittered to 50-100%.",
+        minimum=0.001),
+    Key("retry_backoff_max", parse_float, 600.0, "Cap of one retry delay (seconds).",
+        minimum=0.001),
+    Key("time_limit", parse_float, 0.0,
+        "Hard limit per attempt (seconds): the executor child is killed and the job "
+        "retried. 0: no limit.", minimum=0),
+    Key("soft_time_limit", parse_float, 0.0,
+        "The job gets SoftTimeLimitExceeded after this many seconds, so it can clean up. "
+        "0: none.", minimum=0),
+    Key("max_memory_mb", parse_int, 0,
+        "Executor child RSS cap (MiB): above it the child is recycled after the job; above "
+        "twice it the child is killed mid-job and the job retried. 0: no cap.", minimum=0),
+    Key("max_jobs_per_child", parse_int, 1000,
+        "Recycle the executor child after this many jobs (0: never).", minimum=0),
+    Key("rate_limit", parse_float, 0.0,
+        "Most jobs per second one consumer starts (0: unlimited).", minimum=0),
+    Key("max_message_bytes", parse_int, 1048576,
+        "Larger message bodies are rejected as bad input.", minimum=1),
+    Key("queue_type", parse_choice("classic", "quorum"), "classic",
+        "quorum needs x-arguments on the main queue: a publisher that declares the queue "
+        "plainly (gEAR's web API does) then fails with PRECONDITION_FAILED."),
+    Key("max_length", parse_int, 0,
+        "Opt-in x-max-length with overflow=reject-publish: submit() raises QueueFull "
+        "instead of silently dropping. 0: unbounded (no x-argument).", minimum=0),
+    Key("max_priority", parse_int, 0, "Opt-in x-max-priority (1-255). 0: no priorities.",
+        minimum=0),
+    Key("message_ttl", parse_int, 0,
+        "Opt-in x-message-ttl in milliseconds for the main queue. 0: none.", minimum=0),
+    Key("reply_timeout", parse_float, 60.0, "Default seconds call() waits for a reply.",
+        minimum=0.001),
+)
+
+SECTION_KEYS: dict[str, tuple[Key, ...]] = {
+    "rabbitmq": RABBITMQ_KEYS,
+    "paths": PATH_KEYS,
+}
+
+#: Where gear.ini is looked for when no --config is given (after $GEAR_INI).
+SEARCH_PATHS: tuple[str, ...] = ("./gear.ini", "/etc/gear/gear.ini")
+
+#: Environment variables.
+ENV_CONFIG = "GEAR_INI"
+ENV_RABBITMQ_URL = "GEAR_RABBITMQ_URL"

@@ -1,0 +1,1 @@
+"""One module per job type; each defines a `Job` subclass (see `base.py`)."""

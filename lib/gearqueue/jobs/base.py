@@ -1,0 +1,56 @@
+"""What a job type is: validate a payload, run it, describe a failure.
+
+A `Job` object is created once per executor child and reused for many jobs, so a job
+type can load expensive things (R, limma) once in `warm_up`. The runtime calls
+`validate` before any work starts and `run` with the validated request; `run` returns
+the success reply (a JSON object). Failures are raised as `PermanentJobError` or
+`TransientJobError` (gearqueue.errors); the runtime turns them into the failure reply
+with `failure_reply`, so a job never formats its own error replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+from ..config import Settings
+from ..errors import JobError
+
+Request = TypeVar("Request")
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job_id: str
+    job_type: str
+    #: 1 for the first delivery, counted by the runtime across crashes and retries.
+    attempt: int
+    settings: Settings
+    #: True in an executor child (which may be killed hard); False when the job runs
+    #: in-process in the caller (queue_enabled = 0).
+    isolated: bool
+    log: logging.LoggerAdapter[logging.Logger]
+
+
+class Job(ABC, Generic[Request]):
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def warm_up(self) -> None:
+        """Load what every job needs (R, libraries) once, before the first job."""
+
+    @abstractmethod
+    def validate(self, payload: Mapping[str, Any]) -> Request:
+        """Check every field; raise InvalidMessage naming the field. No side effects."""
+
+    @abstractmethod
+    def run(self, request: Request, context: JobContext) -> dict[str, Any]:
+        """Do the work; return the success reply."""
+
+    def failure_reply(self, error: JobError) -> dict[str, Any]:
+        return {"success": -1, "message": error.message, **error.reply_fields}

@@ -1,0 +1,58 @@
+"""Shared fixtures: a gear.ini of its own per test, against the real broker on 127.0.0.1.
+
+Every test gets unique queue names, so tests never see each other's messages on the
+shared broker, and its own data folders under tmp_path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gearqueue.config import Settings, load_settings
+from gearqueue.jobtypes import JOB_TYPES
+
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+ConfigFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> ConfigFactory:
+    """Write a gear.ini for this test and return its path.
+
+    Keyword arguments set keys: `echo_service={"prefetch": 10}`, `rabbitmq={...}`,
+    `paths={...}`. Queues are named `t<random>.<type>_jobs`.
+    """
+    tag = f"t{uuid.uuid4().hex[:10]}"
+
+    def make(name: str = "gear.ini", **sections: dict[str, object]) -> Path:
+        content: dict[str, dict[str, object]] = {
+            "rabbitmq": {"url": BROKER_URL, "heartbeat": 10, "reconnect_max_delay": 2},
+            "paths": {key: f"var/{key.removesuffix('_dir')}" for key in (
+                "state_dir", "datasets_dir", "carts_dir", "projections_dir", "uploads_dir",
+                "exports_dir")},
+        }
+        for job_type in JOB_TYPES:
+            content[f"{job_type}_service"] = {"queue": f"{tag}.{job_type}_jobs",
+                                              "retry_backoff": 0.2}
+        for section, values in sections.items():
+            content.setdefault(section, {}).update(values)
+        lines = []
+        for section, values in content.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {value}" for key, value in values.items()]
+            lines.append("")
+        path = tmp_path / name
+        path.write_text("\n".join(lines))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def settings(make_config: ConfigFactory) -> Settings:
+    return load_settings(make_config())
