@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from gearqueue.config import Settings, load_settings
 from gearqueue.jobtypes import JOB_TYPES
 
