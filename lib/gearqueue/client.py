@@ -1,0 +1,182 @@
+"""What a web API imports: submit a job, call it and wait for the reply, read its state.
+
+With `queue_enabled = 1` a job is published persistent, as JSON, with message_id,
+correlation_id, publisher confirms and `mandatory` (so "no queue" is an error, not a
+silent loss). With `queue_enabled = 0` the same validation and job code run in the
+caller's process and no broker is contacted at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from . import topology
+from .broker import close_quietly, connect, converted_errors
+from .config import Settings
+from .errors import (
+    BrokerUnavailable,
+    InvalidMessage,
+    PublishNacked,
+    QueueFull,
+    ReplyTimeout,
+)
+from .jobs.fields import SAFE_ID
+from .runner import JobRunner
+from .state import JobRecord, JobStatus, StateStore
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class Client:
+    def __init__(self, settings: Settings, name: str = "gearqueue-client") -> None:
+        self.settings = settings
+        self.name = name
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._declared: set[str] = set()
+        self._replies: dict[str, dict[str, Any]] = {}
+        self._consuming_replies = False
+        self._runners: dict[str, JobRunner] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        close_quietly(self._connection)
+        self._connection = self._channel = None
+        self._declared.clear()
+        self._consuming_replies = False
+
+    # --- public API ------------------------------------------------------------------
+
+    def submit(self, job_type: str, payload: dict[str, Any], *, job_id: str | None = None,
+               priority: int | None = None) -> str:
+        """Queue a job and return its id (with queueing off: run it now, return its id)."""
+        job_id = self._job_id(job_id)
+        body = self._encode(job_type, payload)
+        if not self.settings.service(job_type).queue_enabled:
+            self._run_in_process(job_type, job_id, payload)
+            return job_id
+        self._record_queued(job_type, job_id)
+        self._publish(job_type, job_id, body, priority=priority)
+        return job_id
+
+    def call(self, job_type: str, payload: dict[str, Any], *, timeout: float | None = None,
+             job_id: str | None = None) -> dict[str, Any]:
+        """Run a job and return its reply; ReplyTimeout if none comes within `timeout`."""
+        job_id = self._job_id(job_id)
+        service = self.settings.service(job_type)
+        body = self._encode(job_type, payload)
+        if not service.queue_enabled:
+            return self._run_in_process(job_type, job_id, payload)
+        timeout = service.reply_timeout if timeout is None else timeout
+        self._record_queued(job_type, job_id)
+        channel = self._channel_for(job_type)
+        if not self._consuming_replies:
+            with converted_errors("listening for replies"):
+                channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
+            self._consuming_replies = True
+        self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
+        deadline = time.monotonic() + timeout
+        assert self._connection is not None
+        while job_id not in self._replies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplyTimeout(f"no reply to {job_type} job {job_id} within {timeout:g} s "
+                                   "(it may still run: see `gearqueue status`)")
+            with converted_errors("waiting for the reply"):
+                self._connection.process_data_events(time_limit=min(remaining, 1.0))
+        return self._replies.pop(job_id)
+
+    def status(self, job_type: str, job_id: str) -> JobRecord:
+        """The stored state of a job (UnknownJob if none)."""
+        return StateStore(self.settings.paths.state_dir, job_type).require(job_id)
+
+    # --- internals -------------------------------------------------------------------
+
+    @staticmethod
+    def _job_id(job_id: str | None) -> str:
+        if job_id is None:
+            return uuid.uuid4().hex
+        if not SAFE_ID.match(job_id):
+            raise InvalidMessage(f"job id {job_id!r} is not a safe id")
+        return job_id
+
+    def _encode(self, job_type: str, payload: dict[str, Any]) -> bytes:
+        if not isinstance(payload, dict):
+            raise InvalidMessage(f"payload must be a JSON object, got {type(payload).__name__}")
+        try:
+            body = json.dumps(payload, allow_nan=False).encode()
+        except (TypeError, ValueError) as error:
+            raise InvalidMessage(f"payload is not JSON-serialisable: {error}") from None
+        limit = self.settings.service(job_type).max_message_bytes
+        if len(body) > limit:
+            raise InvalidMessage(f"payload is {len(body)} bytes, over max_message_bytes "
+                                 f"({limit})")
+        return body
+
+    def _run_in_process(self, job_type: str, job_id: str,
+                        payload: dict[str, Any]) -> dict[str, Any]:
+        runner = self._runners.get(job_type)
+        if runner is None:
+            runner = self._runners[job_type] = JobRunner(self.settings, job_type,
+                                                          isolated=False)
+        return runner.execute(job_id, payload, fresh=True).reply
+
+    def _record_queued(self, job_type: str, job_id: str) -> None:
+        store = StateStore(self.settings.paths.state_dir, job_type)
+        if store.get(job_id) is None:
+            store.put(JobRecord(job_id, job_type, JobStatus.QUEUED))
+
+    def _channel_for(self, job_type: str) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self.close()
+            self._connection = connect(self.settings, job_type, self.name)
+            with converted_errors("opening a channel"):
+                self._channel = self._connection.channel()
+                self._channel.confirm_delivery()
+        if job_type not in self._declared:
+            topology.declare(self._channel, self.settings.service(job_type))
+            self._declared.add(job_type)
+        return self._channel
+
+    def _publish(self, job_type: str, job_id: str, body: bytes, *,
+                 reply_to: str | None = None, priority: int | None = None) -> None:
+        service = self.settings.service(job_type)
+        properties = pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=job_id,
+            correlation_id=job_id, reply_to=reply_to, priority=priority,
+            timestamp=int(time.time()), type=job_type)
+        for attempt in (1, 2):
+            channel = self._channel_for(job_type)
+            try:
+                with converted_errors(f"publishing {job_type} job {job_id}"):
+                    channel.basic_publish("", service.queue, body, properties, mandatory=True)
+                return
+            except PublishNacked as error:
+                if service.max_length:
+                    raise QueueFull(f"queue '{service.queue}' is full (max_length "
+                                    f"{service.max_length}); job {job_id} was not queued"
+                                    ) from error
+                raise
+            except BrokerUnavailable:
+                self.close()
+                if attempt == 2 or reply_to:
+                    raise
+
+    def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties,
+                  body: bytes) -> None:
+        try:
+            self._replies[properties.correlation_id] = json.loads(body)
+        except (ValueError, TypeError):
+            self._replies[properties.correlation_id] = {
+                "success": -1, "message": f"unreadable reply: {body[:200]!r}"}

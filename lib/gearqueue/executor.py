@@ -1,0 +1,216 @@
+"""The executor: a child process that runs jobs, so the consumer's main thread never does.
+
+Why a process, not a thread: R (through rpy2) holds the GIL and is not thread-safe, a
+segfault or R fatal error must not take the AMQP connection with it, a hard time limit
+needs something that can be killed, and memory can only be given back by ending a
+process. The child is started once and reused (R loads once), and recycled after
+`max_jobs_per_child` jobs or when its RSS passes `max_memory_mb`.
+
+The child dies with its parent (PR_SET_PDEATHSIG), ignores SIGINT/SIGTERM (the parent
+decides when it stops), and turns SIGUSR1 into SoftTimeLimitExceeded inside the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psutil
+
+from .config import Settings
+from .errors import GearError, SoftTimeLimitExceeded
+from .log import setup_logging
+from .outcome import Outcome
+from .runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+class ExecutorStartFailed(GearError):
+    """The executor child could not start or warm up (e.g. R or a library is missing)."""
+
+
+class ExecutorDied(GearError):
+    """The executor child exited while running a job."""
+
+
+class SoftLimitSignal:
+    """SIGUSR1 -> SoftTimeLimitExceeded, but only while a job's own code runs."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            raise SoftTimeLimitExceeded("soft time limit exceeded (soft_time_limit)")
+
+    @contextlib.contextmanager
+    def during_job(self) -> Iterator[None]:
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def child_main(conn: Connection, settings: Settings, job_type: str, identifier: str) -> None:
+    """Entry point of the executor child (spawned: a fresh interpreter)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup_logging(identifier)
+    soft_limit = SoftLimitSignal()
+    try:
+        runner = JobRunner(settings, job_type, isolated=True, guard=soft_limit.during_job)
+        runner.warm_up()
+    except Exception as error:
+        log.exception("executor child failed to start")
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] == "stop":
+            return
+        _, job_id, payload, fresh = message
+        conn.send(("done", runner.execute(job_id, payload, fresh=fresh)))
+
+
+class Executor:
+    """Parent-side handle of the executor child."""
+
+    def __init__(self, settings: Settings, job_type: str, identifier: str) -> None:
+        self.settings = settings
+        self.service = settings.service(job_type)
+        self.job_type = job_type
+        self.identifier = identifier
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self.jobs_done = 0
+        self.started_job_at: float | None = None
+        self._soft_signalled = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self, idle: Callable[[], None]) -> None:
+        """Start the child and wait until it is warm, calling `idle` meanwhile."""
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=child_main, name=f"{self.identifier}-executor",
+            args=(child_end, self.settings, self.job_type, self.identifier), daemon=True)
+        process.start()
+        child_end.close()
+        self._process, self._conn, self.jobs_done = process, parent_end, 0
+        while not parent_end.poll(0.1):
+            idle()
+            if not process.is_alive():
+                raise ExecutorStartFailed(f"executor child exited with code {process.exitcode} "
+                                          "while starting")
+        try:
+            kind, detail = parent_end.recv()
+        except (EOFError, OSError):
+            raise ExecutorStartFailed("executor child died while starting") from None
+        if kind != "ready":
+            raise ExecutorStartFailed(f"executor child could not start: {detail}")
+        log.info("executor child %s ready", detail)
+
+    def submit(self, job_id: str, payload: dict[str, Any], fresh: bool) -> None:
+        assert self._conn is not None
+        self._conn.send(("run", job_id, payload, fresh))
+        self.started_job_at = time.monotonic()
+        self._soft_signalled = False
+
+    def poll(self, timeout: float) -> Outcome | None:
+        """The job's outcome if it finished within `timeout`; ExecutorDied if the child died."""
+        assert self._conn is not None
+        try:
+            if self._conn.poll(timeout):
+                _, outcome = self._conn.recv()
+                self.jobs_done += 1
+                self.started_job_at = None
+                return outcome
+        except (EOFError, OSError):
+            pass
+        else:
+            if self._process.is_alive():
+                return None
+        self._process.join(1)
+        code = self._process.exitcode
+        self._reset()
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        raise ExecutorDied(f"executor child died during the job ({how})")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_job_at if self.started_job_at else 0.0
+
+    def signal_soft_limit(self) -> None:
+        if not self._soft_signalled and self._process is not None:
+            self._soft_signalled = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGUSR1)
+
+    def rss_mb(self) -> float:
+        if self._process is None:
+            return 0.0
+        try:
+            return psutil.Process(self._process.pid).memory_info().rss / 2**20
+        except psutil.Error:
+            return 0.0
+
+    def needs_recycling(self) -> str | None:
+        """Why the child should be replaced before the next job, if it should."""
+        if self.service.max_jobs_per_child and self.jobs_done >= self.service.max_jobs_per_child:
+            return f"{self.jobs_done} jobs done (max_jobs_per_child)"
+        if self.service.max_memory_mb and self.rss_mb() > self.service.max_memory_mb:
+            return f"RSS {self.rss_mb():.0f} MiB over max_memory_mb"
+        return None
+
+    def kill(self) -> None:
+        """Kill the child now (time limit, memory, forced stop)."""
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        self._reset()
+
+    def stop(self) -> None:
+        """Ask an idle child to exit; kill it if it does not."""
+        if self._process is None:
+            return
+        with contextlib.suppress(OSError, EOFError, BrokenPipeError):
+            assert self._conn is not None
+            self._conn.send(("stop",))
+        self._process.join(5)
+        self.kill()
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn, self.started_job_at = None, None, None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None

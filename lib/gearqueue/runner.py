@@ -1,0 +1,114 @@
+"""Run one job under its lock with its state record: the heart of exactly-once effect.
+
+Used in the executor child (queue_enabled = 1) and in the caller's process
+(queue_enabled = 0), so both paths validate, count attempts and store results the
+same way. Order matters: the attempt is counted and stored *before* the job runs, so
+a job that kills its process is still counted; the result is stored *before* the
+reply and the ack, so a redelivery finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .config import ServiceSettings, Settings
+from .errors import AttemptsExhausted
+from .jobs.base import Job, JobContext
+from .jobtypes import load_job
+from .log import fields
+from .outcome import Outcome, as_job_error
+from .state import JobRecord, JobStatus, StateStore
+
+log = logging.getLogger(__name__)
+
+Guard = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+def record_failure(store: StateStore, service: ServiceSettings, job_id: str,
+                   outcome: Outcome) -> Outcome:
+    """Store a failed attempt: retrying if another attempt is due, else failed for good.
+
+    Also used by the consumer for what happens outside the child: crashes, time limits
+    and messages rejected before a job could start.
+    """
+    retrying = outcome.should_retry(service.max_retries)
+    store.update(job_id, status=JobStatus.RETRYING if retrying else JobStatus.FAILED,
+                 attempts=outcome.attempt, error=outcome.error_record(),
+                 result=None if retrying else outcome.reply)
+    return outcome
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, job_type: str, *, isolated: bool,
+                 guard: Guard = contextlib.nullcontext) -> None:
+        self.settings = settings
+        self.service = settings.service(job_type)
+        self.job: Job[Any] = load_job(job_type)(settings)
+        self.store = StateStore(settings.paths.state_dir, job_type)
+        self.isolated = isolated
+        self.guard = guard
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def warm_up(self) -> None:
+        self.job.warm_up()
+
+    def execute(self, job_id: str, payload: Mapping[str, Any], *, fresh: bool) -> Outcome:
+        """Run the job once, or replay what an earlier delivery of it stored.
+
+        `fresh` is False for a redelivery or a retry of the same message: then a stored
+        final failure is replayed and attempts keep counting. A fresh publish of a job
+        that failed for good starts over (its input may have been fixed since).
+        """
+        with self.store.locked(job_id):
+            record = self.store.get(job_id)
+            if record is not None and record.status is JobStatus.SUCCEEDED:
+                return self._replay(record)
+            if record is not None and record.status is JobStatus.FAILED:
+                if not fresh:
+                    return self._replay(record)
+                record = record.evolve(attempts=0, error=None, result=None)
+            attempt = (record.attempts if record else 0) + 1
+            if attempt > self.service.max_retries + 1:
+                last = (record.error or {}).get("message") if record else None
+                error = AttemptsExhausted(f"gave up after {attempt - 1} attempts"
+                                          + (f"; last error: {last}" if last else ""))
+                return record_failure(self.store, self.service, job_id, Outcome.failure(
+                    error, self.job.failure_reply(error), attempt - 1))
+            base = record or JobRecord(job_id, self.service.job_type, JobStatus.QUEUED)
+            self.store.put(base.evolve(status=JobStatus.RUNNING, attempts=attempt,
+                                       worker=self.worker))
+            return self._run(job_id, payload, attempt)
+
+    def _run(self, job_id: str, payload: Mapping[str, Any], attempt: int) -> Outcome:
+        context = JobContext(
+            job_id=job_id, job_type=self.service.job_type, attempt=attempt,
+            settings=self.settings, isolated=self.isolated,
+            log=logging.LoggerAdapter(log, fields(job_id=job_id, attempt=attempt,
+                                                  job_type=self.service.job_type)))
+        try:
+            with self.guard():
+                reply = self.job.run(self.job.validate(payload), context)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # noqa: BLE001 - every failure has an outcome
+            job_error, text = as_job_error(error)
+            return record_failure(self.store, self.service, job_id, Outcome.failure(
+                job_error, self.job.failure_reply(job_error), attempt, text))
+        self.store.update(job_id, status=JobStatus.SUCCEEDED, result=reply, error=None)
+        return Outcome.success(reply, attempt)
+
+    def _replay(self, record: JobRecord) -> Outcome:
+        log.info("job already %s; replying from its stored record", record.status.value,
+                 extra=fields(job_id=record.job_id, job_type=self.service.job_type,
+                              outcome="replayed"))
+        if record.status is JobStatus.SUCCEEDED:
+            return Outcome.success(record.result or {}, record.attempts, reused=True)
+        error = record.error or {}
+        return Outcome(succeeded=False, reply=record.result or {}, attempt=record.attempts,
+                       reused=True, error_class=error.get("class"),
+                       message=error.get("message"), traceback=error.get("traceback"))

@@ -1,0 +1,134 @@
+"""A consumer's broker session: one connection, its channels, and the ways out of it.
+
+- `consume` channel: basic.qos + basic.consume, acks and nacks.
+- `confirm` channel: publisher confirms + mandatory, for retries and dead letters, so a
+  message is acked only after the broker took its next copy.
+- `replies` channel: fire-and-forget replies; a reply to a requester that is gone may
+  close this channel, which is then reopened, and never costs the job its ack.
+
+Delivery tags belong to a channel: a `Delivery` remembers its session, and acking one
+from a dead session is skipped (the broker redelivers it; the state record answers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from pika.spec import Basic, BasicProperties
+
+from . import topology
+from .broker import close_quietly, connect, converted_errors
+from .config import ServiceSettings, Settings
+from .errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    session: Session
+    delivery_tag: int
+    redelivered: bool
+    properties: BasicProperties
+    body: bytes
+
+    @property
+    def retried(self) -> bool:
+        """True when we republished this message ourselves after a failed attempt."""
+        return bool((self.properties.headers or {}).get("x-gear-attempt"))
+
+
+class Session:
+    def __init__(self, settings: Settings, service: ServiceSettings, name: str) -> None:
+        self.service = service
+        self.pending: deque[Delivery] = deque()
+        self.cancelled = False
+        self.connection = connect(settings, service.job_type, name)
+        try:
+            with converted_errors("opening channels"):
+                self.consume_channel = self.connection.channel()
+                topology.declare(self.consume_channel, service)
+                self.consume_channel.basic_qos(prefetch_count=service.prefetch)
+                self.confirm_channel = self.connection.channel()
+                self.confirm_channel.confirm_delivery()
+                self.replies = self.connection.channel()
+                self.consume_channel.add_on_cancel_callback(self._on_cancel)
+                self.consumer_tag = self.consume_channel.basic_consume(
+                    service.queue, self._on_message, auto_ack=False)
+        except BaseException:
+            close_quietly(self.connection)
+            raise
+
+    def _on_message(self, channel: Any, method: Basic.Deliver, properties: BasicProperties,
+                    body: bytes) -> None:
+        self.pending.append(Delivery(self, method.delivery_tag, method.redelivered,
+                                     properties, body))
+
+    def _on_cancel(self, frame: Any) -> None:
+        log.warning("broker cancelled our consumer on '%s' (queue deleted or moved); "
+                    "reconnecting", self.service.queue)
+        self.cancelled = True
+
+    def pump(self, seconds: float) -> None:
+        """Serve heartbeats, flush acks, take deliveries: for up to `seconds`."""
+        with converted_errors("talking to the broker"):
+            self.connection.process_data_events(time_limit=seconds)
+        if self.cancelled:
+            raise BrokerUnavailable("consumer cancelled by the broker")
+        if not self.consume_channel.is_open or not self.confirm_channel.is_open:
+            raise BrokerUnavailable("channel closed by the broker (see the broker log, "
+                                    "e.g. consumer_timeout)")
+
+    @property
+    def alive(self) -> bool:
+        return self.connection.is_open and self.consume_channel.is_open
+
+    def _owns(self, delivery: Delivery) -> bool:
+        if delivery.session is self and self.alive:
+            return True
+        log.warning("not acking delivery %s from a closed session; the broker will "
+                    "redeliver it", delivery.delivery_tag)
+        return False
+
+    def ack(self, delivery: Delivery) -> None:
+        if self._owns(delivery):
+            with converted_errors("acking"):
+                self.consume_channel.basic_ack(delivery.delivery_tag)
+
+    def requeue(self, delivery: Delivery) -> None:
+        if self._owns(delivery):
+            with converted_errors("requeueing"):
+                self.consume_channel.basic_nack(delivery.delivery_tag, requeue=True)
+
+    def stop_consuming(self) -> None:
+        """Cancel the consumer and give back every delivery not started yet."""
+        with converted_errors("cancelling the consumer"):
+            self.consume_channel.basic_cancel(self.consumer_tag)
+        while self.pending:
+            self.requeue(self.pending.popleft())
+
+    def publish_confirmed(self, exchange: str, routing_key: str, body: bytes,
+                          properties: BasicProperties) -> None:
+        """Publish and wait for the broker's confirm; raises PublishError or BrokerUnavailable."""
+        with converted_errors(f"publishing to '{routing_key}'"):
+            self.confirm_channel.basic_publish(exchange, routing_key, body, properties,
+                                               mandatory=True)
+
+    def reply(self, reply_to: str, correlation_id: str | None, reply: dict[str, Any]) -> None:
+        """Send a reply; a lost reply is logged, never fatal (the job state has it)."""
+        try:
+            if not self.replies.is_open:
+                self.replies = self.connection.channel()
+            self.replies.basic_publish("", reply_to, json.dumps(reply).encode(),
+                                       pika.BasicProperties(correlation_id=correlation_id,
+                                                            content_type="application/json"))
+        except pika.exceptions.AMQPError as error:
+            log.warning("could not send the reply to %s: %s", reply_to, error)
+
+    def close(self) -> None:
+        close_quietly(self.connection)

@@ -1,0 +1,72 @@
+"""Queues and exchanges of a job type, declared in one place by publisher and consumer.
+
+For a job type whose queue is `Q`:
+- `Q`: durable classic queue, and by default with NO x-arguments, because gEAR's web API
+  declares it itself as `queue_declare(Q, durable=True)`; any argument we added would make
+  one side fail with PRECONDITION_FAILED. Quorum type, max-length, priority and TTL are
+  opt-in from gear.ini.
+- `Q.retry.N` (N = 1..max_retries): durable holding queues with no consumer. A failed
+  attempt N is republished there with a per-message `expiration` (its backoff delay);
+  on expiry the broker dead-letters it back to `Q` through the default exchange. The
+  delay lives on the message, not the queue, so changing retry_backoff never changes a
+  queue's arguments.
+- `Q.dead`: bound to the direct exchange `gear.dlx` with routing key `Q`; messages land
+  there when permanently failed or out of retries, with the error in their headers.
+Nothing is ever purged here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pika.adapters.blocking_connection import BlockingChannel
+
+from .broker import converted_errors
+from .config import ServiceSettings
+
+DEAD_LETTER_EXCHANGE = "gear.dlx"
+
+
+def retry_queue(service: ServiceSettings, attempt: int) -> str:
+    return f"{service.queue}.retry.{attempt}"
+
+
+def dead_queue(service: ServiceSettings) -> str:
+    return f"{service.queue}.dead"
+
+
+def main_queue_arguments(service: ServiceSettings) -> dict[str, Any]:
+    """x-arguments of the main queue: none unless opted in (see module docstring)."""
+    arguments: dict[str, Any] = {}
+    if service.queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+        # The runtime counts attempts itself; this is the broker-side backstop, and what
+        # exceeds it is dead-lettered to Q.dead rather than dropped.
+        arguments["x-delivery-limit"] = service.max_retries + 1
+        arguments["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE
+        arguments["x-dead-letter-routing-key"] = service.queue
+    if service.max_length:
+        arguments["x-max-length"] = service.max_length
+        arguments["x-overflow"] = "reject-publish"
+    if service.max_priority:
+        arguments["x-max-priority"] = service.max_priority
+    if service.message_ttl:
+        arguments["x-message-ttl"] = service.message_ttl
+    return arguments
+
+
+def declare(channel: BlockingChannel, service: ServiceSettings) -> None:
+    """Declare the main, retry and dead queues of a job type (idempotent)."""
+    with converted_errors(f"declaring queue '{service.queue}'"):
+        channel.queue_declare(service.queue, durable=True,
+                              arguments=main_queue_arguments(service) or None)
+    with converted_errors(f"declaring the retry and dead queues of '{service.queue}'"):
+        for attempt in range(1, service.max_retries + 1):
+            channel.queue_declare(retry_queue(service, attempt), durable=True, arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": service.queue,
+            })
+        channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="direct", durable=True)
+        channel.queue_declare(dead_queue(service), durable=True)
+        channel.queue_bind(dead_queue(service), DEAD_LETTER_EXCHANGE,
+                           routing_key=service.queue)
