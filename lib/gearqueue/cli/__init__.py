@@ -1,0 +1,74 @@
+"""The `gearqueue` command. Each subcommand lives in its own module with `register()`.
+
+Exit codes are gearqueue.exitcodes: 0 ok, 1 job failed, 2 usage or config error,
+3 timeout, 4 broker unavailable. Errors are handled here, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from .. import exitcodes
+from ..errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    GearError,
+    InvalidMessage,
+    ReplyTimeout,
+    UnknownJob,
+)
+from ..log import setup_logging
+from . import config_cmd, dead_cmd, jobs_cmd, queues_cmd
+
+#: Subcommand modules; each has register(subparsers) adding parsers with a `run` default.
+COMMAND_MODULES = (config_cmd, jobs_cmd, queues_cmd, dead_cmd)
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gearqueue",
+                                     description="Operate gearqueue job queues and workers.")
+    parser.add_argument("--config", help="gear.ini (default: $GEAR_INI, ./gear.ini, "
+                        "/etc/gear/gear.ini)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging("gearqueue", level="WARNING")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # its errors reach us as ours
+    run: Runner = args.run
+    try:
+        return run(args)
+    except BrokenPipeError:  # e.g. `gearqueue check-config | head`
+        return exitcodes.OK
+    except ConfigError as error:
+        print(f"gearqueue: configuration error: {error}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except (InvalidMessage, UnknownJob) as error:
+        print(f"gearqueue: {error}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except ReplyTimeout as error:
+        print(f"gearqueue: timeout: {error}", file=sys.stderr)
+        return exitcodes.TIMEOUT
+    except BrokerUnavailable as error:
+        print(f"gearqueue: broker unavailable: {error}", file=sys.stderr)
+        return exitcodes.BROKER_UNAVAILABLE
+    except (BrokerError, GearError) as error:
+        print(f"gearqueue: {type(error).__name__}: {error}", file=sys.stderr)
+        return exitcodes.JOB_FAILED
+    finally:
+        logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
