@@ -9,15 +9,21 @@ from typing import Any
 
 from .. import exitcodes
 from ..config import load_settings, mask_url
+from ..example import render_example
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("check-config", help="validate gear.ini and print the "
                                    "effective settings (passwords masked)")
+    parser.add_argument("--example", action="store_true",
+                        help="print a fully commented gear.ini with every default instead")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.example:
+        print(render_example(), end="")
+        return exitcodes.OK
     settings = load_settings(args.config)
     print(f"# {settings.source}")
     rabbit = dataclasses.asdict(settings.rabbitmq)

@@ -1,0 +1,28 @@
+# gearqueue: the two commands a new user types are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test lint bench bench-quick clean
+
+install:  ## set up everything for development (idempotent)
+	./install.sh --dev
+
+demo: install  ## a real projection through the queue, printed
+	$(PY) scripts/demo.py
+
+test: install  ## the whole suite: real broker, real R, real systemd
+	$(VENV)/bin/ruff check lib listeners tests bench scripts
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: install  ## side-by-side benchmarks; figures in bench/results/
+	$(PY) bench/run.py
+
+bench-quick: install
+	$(PY) bench/run.py --quick
+
+lint:
+	$(VENV)/bin/ruff check lib listeners tests bench scripts
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache
