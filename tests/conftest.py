@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from gearqueue.config import Settings, load_settings
 from gearqueue.jobtypes import JOB_TYPES
 
@@ -55,3 +56,21 @@ def make_config(tmp_path: Path) -> ConfigFactory:
 @pytest.fixture
 def settings(make_config: ConfigFactory) -> Settings:
     return load_settings(make_config())
+
+
+@pytest.fixture
+def start_consumer(request: pytest.FixtureRequest):
+    """Start consumer processes that are stopped (SIGTERM, then SIGKILL) after the test."""
+    from consumers import ConsumerProcess
+
+    started: list[ConsumerProcess] = []
+
+    def start(config: Path, job_type: str = "echo", instance: str = "1",
+              wait: bool = True, env: dict[str, str] | None = None) -> ConsumerProcess:
+        consumer = ConsumerProcess(config, job_type, instance, env).start(wait=wait)
+        started.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in started:
+        consumer.stop()

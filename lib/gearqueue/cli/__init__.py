@@ -68,7 +68,3 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.JOB_FAILED
     finally:
         logging.shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
