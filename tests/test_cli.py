@@ -1,0 +1,80 @@
+"""The `gearqueue` command: output on stdout as JSON lines, documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gearqueue.config import load_settings
+from gearqueue.state import JobStatus, StateStore
+
+
+def gearqueue(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gearqueue.cli", "--config", str(config),
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_submit_wait_prints_the_reply_and_exits_0(make_config, start_consumer) -> None:
+    config = make_config()
+    start_consumer(config)
+    result = gearqueue(config, "submit", "echo", "--json", '{"data": [1, "a"]}', "--wait")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"success": 1, "echo": [1, "a"], "attempt": 1}
+
+
+def test_submit_without_wait_prints_the_job_id_and_the_state_records_it(
+        make_config, start_consumer) -> None:
+    config = make_config()
+    result = gearqueue(config, "submit", "echo", "--json", '{"data": 1}',
+                       "--job-id", "my-job-1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"job_id": "my-job-1"}
+    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    assert store.require("my-job-1").status is JobStatus.QUEUED
+    start_consumer(config)
+    status = gearqueue(config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {row["job_type"]: row for row in map(json.loads, status.stdout.splitlines())}
+    assert rows["echo"]["consumers"] == 1
+
+
+def test_job_failure_exits_1(make_config, start_consumer) -> None:
+    config = make_config()
+    start_consumer(config)
+    result = gearqueue(config, "submit", "echo", "--json", '{"data": 1, "fail": "permanent"}',
+                       "--wait")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["success"] == -1
+
+
+def test_no_reply_in_time_exits_3(make_config) -> None:
+    config = make_config()  # no consumer running
+    result = gearqueue(config, "submit", "echo", "--json", '{"data": 1}', "--wait",
+                       "--timeout", "1")
+    assert result.returncode == 3
+    assert "no reply" in result.stderr
+
+
+def test_usage_and_payload_errors_exit_2(make_config) -> None:
+    config = make_config()
+    assert gearqueue(config, "submit", "nope", "--json", "{}").returncode == 2
+    bad_json = gearqueue(config, "submit", "echo", "--json", "{nope")
+    assert bad_json.returncode == 2 and "--json is not JSON" in bad_json.stderr
+
+
+def test_broker_unreachable_exits_4(make_config) -> None:
+    config = make_config(rabbitmq={"url": "amqp://guest:guest@127.0.0.1:1/%2F"})
+    result = gearqueue(config, "submit", "echo", "--json", '{"data": 1}')
+    assert result.returncode == 4
+    assert "no broker reachable" in result.stderr
+
+
+def test_ping_round_trips_through_the_queue(make_config, start_consumer) -> None:
+    config = make_config()
+    start_consumer(config)
+    result = gearqueue(config, "ping", "--count", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("pong from echo in") == 3
