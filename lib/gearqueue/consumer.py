@@ -119,7 +119,7 @@ class Consumer:
                                      self.service.max_message_bytes)
         except InvalidMessage as error:
             attempt = self._attempts_so_far(envelope.job_id) + 1
-            outcome = record_failure(self.store, self.service, envelope.job_id,
+            outcome = record_failure(self.store, self.service.max_retries, envelope.job_id,
                                      Outcome.failure(error, settle.failure_reply(error), attempt))
         else:
             self._respect_rate_limit()
@@ -190,7 +190,7 @@ class Consumer:
         """Record a failure the child could not record itself (it is dead)."""
         log.warning("job %s: %s", job_id, error.message, extra=fields(job_id=job_id))
         attempt = max(self._attempts_so_far(job_id), 1)
-        return record_failure(self.store, self.service, job_id,
+        return record_failure(self.store, self.service.max_retries, job_id,
                               Outcome.failure(error, settle.failure_reply(error), attempt))
 
     def _keep_alive(self) -> None:

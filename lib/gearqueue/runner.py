@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .config import ServiceSettings, Settings
+from .config import Settings
 from .errors import AttemptsExhausted
 from .jobs.base import Job, JobContext
 from .jobtypes import load_job
@@ -29,14 +29,14 @@ log = logging.getLogger(__name__)
 Guard = Callable[[], contextlib.AbstractContextManager[None]]
 
 
-def record_failure(store: StateStore, service: ServiceSettings, job_id: str,
+def record_failure(store: StateStore, max_retries: int, job_id: str,
                    outcome: Outcome) -> Outcome:
     """Store a failed attempt: retrying if another attempt is due, else failed for good.
 
     Also used by the consumer for what happens outside the child: crashes, time limits
     and messages rejected before a job could start.
     """
-    retrying = outcome.should_retry(service.max_retries)
+    retrying = outcome.should_retry(max_retries)
     store.update(job_id, status=JobStatus.RETRYING if retrying else JobStatus.FAILED,
                  attempts=outcome.attempt, error=outcome.error_record(),
                  result=None if retrying else outcome.reply)
@@ -46,12 +46,15 @@ def record_failure(store: StateStore, service: ServiceSettings, job_id: str,
 class JobRunner:
     def __init__(self, settings: Settings, job_type: str, *, isolated: bool,
                  guard: Guard = contextlib.nullcontext) -> None:
+        """`isolated`: True in an executor child. In-process (False) there is no queue to
+        retry through, so a failed attempt is final."""
         self.settings = settings
         self.service = settings.service(job_type)
         self.job: Job[Any] = load_job(job_type)(settings)
         self.store = StateStore(settings.paths.state_dir, job_type)
         self.isolated = isolated
         self.guard = guard
+        self.max_retries = self.service.max_retries if isolated else 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def warm_up(self) -> None:
@@ -77,7 +80,7 @@ class JobRunner:
                 last = (record.error or {}).get("message") if record else None
                 error = AttemptsExhausted(f"gave up after {attempt - 1} attempts"
                                           + (f"; last error: {last}" if last else ""))
-                return record_failure(self.store, self.service, job_id, Outcome.failure(
+                return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
                     error, self.job.failure_reply(error), attempt - 1))
             base = record or JobRecord(job_id, self.service.job_type, JobStatus.QUEUED)
             self.store.put(base.evolve(status=JobStatus.RUNNING, attempts=attempt,
@@ -97,7 +100,7 @@ class JobRunner:
             raise
         except BaseException as error:  # noqa: BLE001 - every failure has an outcome
             job_error, text = as_job_error(error)
-            return record_failure(self.store, self.service, job_id, Outcome.failure(
+            return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
                 job_error, self.job.failure_reply(job_error), attempt, text))
         self.store.update(job_id, status=JobStatus.SUCCEEDED, result=reply, error=None)
         return Outcome.success(reply, attempt)
