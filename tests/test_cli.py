@@ -78,3 +78,14 @@ def test_ping_round_trips_through_the_queue(make_config, start_consumer) -> None
     result = gearqueue(config, "ping", "--count", "3")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("pong from echo in") == 3
+
+
+def test_several_broker_urls_fail_over_to_the_one_that_answers(make_config,
+                                                               start_consumer) -> None:
+    dead_then_live = ("amqp://guest:guest@127.0.0.1:1/%2F, "
+                      "amqp://guest:guest@127.0.0.1:5672/%2F")
+    config = make_config(rabbitmq={"url": dead_then_live})
+    start_consumer(config)
+    result = gearqueue(config, "submit", "echo", "--json", '{"data": "via second"}', "--wait")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["echo"] == "via second"
