@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from gearqueue.config import load_settings
@@ -89,3 +90,21 @@ def test_several_broker_urls_fail_over_to_the_one_that_answers(make_config,
     result = gearqueue(config, "submit", "echo", "--json", '{"data": "via second"}', "--wait")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["echo"] == "via second"
+
+
+def test_status_counts_the_job_in_progress_as_unacked(make_config, start_consumer) -> None:
+    config = make_config()
+    start_consumer(config)
+    assert gearqueue(config, "submit", "echo", "--json", '{"data": 1, "sleep": 4}',
+                     "--job-id", "slow-one").returncode == 0
+    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    deadline = time.monotonic() + 20
+    while store.require("slow-one").status is not JobStatus.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status = gearqueue(config, "status", "--json")
+    rows = {row["job_type"]: row for row in map(json.loads, status.stdout.splitlines())}
+    assert (rows["echo"]["ready"], rows["echo"]["unacked"], rows["echo"]["consumers"]) == \
+        (0, 1, 1)
+    table = gearqueue(config, "status")
+    assert "UNACKED" in table.stdout

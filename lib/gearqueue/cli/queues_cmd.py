@@ -13,6 +13,7 @@ from ..broker import close_quietly, connect, converted_errors
 from ..config import ServiceSettings, Settings, load_settings
 from ..errors import BrokerUnavailable
 from ..topology import dead_queue, retry_queue
+from ..unacked import unacked_counts
 
 
 def register(subparsers: Any) -> None:
@@ -44,7 +45,8 @@ class _QueueReader:
         close_quietly(self.connection)
 
 
-def queue_figures(settings: Settings, service: ServiceSettings) -> dict[str, Any]:
+def queue_figures(settings: Settings, service: ServiceSettings,
+                  unacked: dict[str, int] | None) -> dict[str, Any]:
     with converted_errors(f"reading queue '{service.queue}'"):
         reader = _QueueReader(settings, service.job_type)
         try:
@@ -57,7 +59,9 @@ def queue_figures(settings: Settings, service: ServiceSettings) -> dict[str, Any
     return {
         "job_type": service.job_type, "queue": service.queue,
         "queue_enabled": service.queue_enabled,
-        "ready": main[0] if main else None, "consumers": main[1] if main else None,
+        "ready": main[0] if main else None,
+        "unacked": unacked.get(service.queue) if unacked and main else None,
+        "consumers": main[1] if main else None,
         "retrying": retrying, "dead": dead[0] if dead else None,
     }
 
@@ -65,9 +69,13 @@ def queue_figures(settings: Settings, service: ServiceSettings) -> dict[str, Any
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     rows = []
+    unacked_by_url: dict[str, dict[str, int] | None] = {}
     for service in settings.services.values():
+        url = settings.broker_urls(service.job_type)[0]
+        if url not in unacked_by_url:
+            unacked_by_url[url] = unacked_counts(url)
         try:
-            rows.append(queue_figures(settings, service))
+            rows.append(queue_figures(settings, service, unacked_by_url[url]))
         except BrokerUnavailable as error:
             if service.queue_enabled:
                 raise
@@ -77,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return exitcodes.OK
-    print(f"{'TYPE':16} {'QUEUE':28} {'READY':>6} {'RETRYING':>8} {'DEAD':>6} {'CONSUMERS':>9}")
+    print(f"{'TYPE':16} {'QUEUE':28} {'READY':>6} {'UNACKED':>7} {'RETRYING':>8} {'DEAD':>6} "
+          f"{'CONSUMERS':>9}")
     for row in rows:
         def cell(key: str, row: dict[str, Any] = row) -> str:
             value = row.get(key)
             return "-" if value is None else str(value)
-        print(f"{row['job_type']:16} {row['queue']:28} {cell('ready'):>6} "
+        print(f"{row['job_type']:16} {row['queue']:28} {cell('ready'):>6} {cell('unacked'):>7} "
               f"{cell('retrying'):>8} {cell('dead'):>6} {cell('consumers'):>9}"
               + ("" if row["queue_enabled"] else "  (queueing off)"))
     return exitcodes.OK
