@@ -108,3 +108,14 @@ def test_status_counts_the_job_in_progress_as_unacked(make_config, start_consume
         (0, 1, 1)
     table = gearqueue(config, "status")
     assert "UNACKED" in table.stdout
+
+
+def test_consumer_with_an_unwritable_state_dir_exits_2_at_once(make_config, tmp_path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    config = make_config(paths={"state_dir": str(blocker / "state")})
+    result = subprocess.run([sys.executable, "listeners/echo_consumer.py", "--config",
+                             str(config)], capture_output=True, text=True, timeout=30,
+                            check=False, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 2
+    assert "state_dir is not writable" in result.stderr

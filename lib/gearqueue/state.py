@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .errors import UnknownJob
+from .errors import ConfigError, UnknownJob
 
 
 class JobStatus(str, Enum):
@@ -79,6 +79,15 @@ class StateStore:
     def __init__(self, state_dir: Path, job_type: str) -> None:
         self.root = state_dir / job_type
         self.job_type = job_type
+
+    def check_writable(self) -> None:
+        """Fail at start-up, not on the first job, when the state folder is unusable."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.root / ".writable", b"")
+        except OSError as error:
+            raise ConfigError(f"state_dir is not writable: {error}",
+                              section="paths", key="state_dir") from None
 
     def _path(self, job_id: str, suffix: str) -> Path:
         folder = self.root / job_id[:2]
