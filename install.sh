@@ -47,8 +47,9 @@ broker_answers() {  # broker_answers URL : an AMQP server accepts a TCP connecti
     hostport=${1#*://}; hostport=${hostport#*@}; hostport=${hostport%%/*}
     host=${hostport%:*}; port=${hostport##*:}
     [[ $port == "$hostport" ]] && port=5672
-    timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port && printf 'AMQP\x00\x00\x09\x01' >&3 && head -c 4 <&3" \
-        2>/dev/null | grep -q AMQP
+    # An AMQP 0-9-1 server answers our protocol header with a Connection.Start frame.
+    timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port && printf 'AMQP\x00\x00\x09\x01' >&3 &&
+        head -c 1 <&3 | od -An -tx1" 2>/dev/null | grep -q 01
 }
 
 ensure_broker() {
