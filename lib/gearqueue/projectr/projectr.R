@@ -1,0 +1,122 @@
+## gearqueue ProjectR engine, R side (called from r_engine.py through rpy2).
+##
+## Sourced once per executor child into an environment of its own. Matrices arrive as
+## plain numeric matrices without dimnames: names never travel through R, so R cannot
+## mangle them. Orientation is projectR's: data genes x samples, loadings genes x
+## patterns, results patterns x samples. See docs/projectr.md for the semantics.
+
+## Least squares setup, once per job. qr(tol = 1e-7) is LINPACK's dqrdc2 with limited
+## pivoting: the factorisation lm.fit (and so limma::lmFit) uses, so exactly the same
+## patterns are found not estimable. Q1 and R1 turn every chunk into one matrix product
+## and one triangular solve (BLAS 3) instead of lm.fit's column-by-column Householder.
+gq_ls_prepare <- function(L) {
+  q <- qr(L, tol = 1e-7, LAPACK = FALSE)
+  r <- q$rank
+  k <- ncol(L)
+  est <- q$pivot[seq_len(r)]
+  su <- rep(NA_real_, k)
+  if (r > 0) su[est] <- sqrt(diag(chol2inv(q$qr, size = r)))
+  R <- qr.R(q)
+  Rfull <- matrix(0, r, k)
+  Rfull[, q$pivot] <- R[seq_len(r), , drop = FALSE]
+  list(L = L, Q1 = qr.Q(q)[, seq_len(r), drop = FALSE],
+       R1 = R[seq_len(r), seq_len(r), drop = FALSE], Rfull = Rfull,
+       rank = r, est = est, su = su,
+       not_estimable = sort(setdiff(seq_len(k), est)))
+}
+
+gq_complete <- function(n, incomplete) {
+  if (length(incomplete)) seq_len(n)[-incomplete] else seq_len(n)
+}
+
+## nmf: coef[, s] = argmin_b ||D[, s] - L b||^2, limma::lmFit's numbers. Samples with
+## non-finite values are refitted on their finite genes (gq_ls_incomplete), as lmFit does.
+gq_nmf_chunk <- function(fit, D, incomplete, full) {
+  G <- nrow(D)
+  k <- ncol(fit$L)
+  n <- ncol(D)
+  coef <- matrix(NA_real_, k, n)
+  su <- matrix(fit$su, k, n)
+  sigma <- rep(NA_real_, n)
+  complete <- gq_complete(n, incomplete)
+  if (length(complete) && fit$rank > 0) {
+    Dc <- if (length(incomplete)) D[, complete, drop = FALSE] else D
+    E <- crossprod(fit$Q1, Dc)
+    coef[fit$est, complete] <- backsolve(fit$R1, E)
+    if (full && G > fit$rank) {
+      residual <- Dc - fit$Q1 %*% E
+      sigma[complete] <- sqrt(colSums(residual * residual) / (G - fit$rank))
+    }
+  }
+  if (length(incomplete)) {
+    part <- gq_ls_incomplete(fit$L, D, incomplete)
+    coef[, incomplete] <- part$coef
+    su[, incomplete] <- part$su
+    sigma[incomplete] <- part$sigma
+  }
+  if (!full) return(list(coef = coef))
+  ## projectR: pval = 2 * pnorm(-|t|), t = coef / stdev.unscaled / sigma (no eBayes).
+  list(coef = coef, pval = 2 * pnorm(-abs(coef / su / rep(sigma, each = k))))
+}
+
+## lmFit's per-probe path for samples with missing values: lm.fit on the finite genes.
+## Samples sharing the same missing genes are fitted together (same design).
+gq_ls_incomplete <- function(L, D, cols) {
+  k <- ncol(L)
+  n <- length(cols)
+  coef <- matrix(NA_real_, k, n)
+  su <- matrix(NA_real_, k, n)
+  sigma <- rep(NA_real_, n)
+  missing <- !is.finite(D[, cols, drop = FALSE])
+  key <- apply(missing, 2, function(m) paste(which(m), collapse = " "))
+  for (group in split(seq_len(n), key)) {
+    obs <- !missing[, group[1]]
+    if (!any(obs)) next
+    f <- lm.fit(L[obs, , drop = FALSE], D[obs, cols[group], drop = FALSE])
+    r <- f$rank
+    coef[, group] <- f$coefficients
+    if (r > 0) {
+      su[f$qr$pivot[seq_len(r)], group] <- sqrt(diag(chol2inv(f$qr$qr, size = r)))
+    }
+    if (sum(obs) > r) {
+      effects <- f$effects[(r + 1):sum(obs), , drop = FALSE]
+      sigma[group] <- sqrt(colMeans(effects * effects))
+    }
+  }
+  list(coef = coef, su = su, sigma = sigma)
+}
+
+## fixednmf: the same fit with coef >= 0, by Lawson-Hanson NNLS (nnls::nnls). With
+## full-rank loadings ||d - L b||^2 = ||Q1'd - R b||^2 + const, so each sample solves a
+## patterns x patterns problem with the same minimiser instead of a genes x patterns one.
+gq_nnls_chunk <- function(fit, D, incomplete) {
+  k <- ncol(fit$L)
+  n <- ncol(D)
+  coef <- matrix(NA_real_, k, n)
+  complete <- gq_complete(n, incomplete)
+  if (length(complete)) {
+    if (fit$rank == k) {
+      B <- crossprod(fit$Q1, D[, complete, drop = FALSE])
+      coef[, complete] <- vapply(seq_along(complete),
+                                 function(j) nnls::nnls(fit$Rfull, B[, j])$x, numeric(k))
+    } else {
+      coef[, complete] <- vapply(complete,
+                                 function(j) nnls::nnls(fit$L, D[, j])$x, numeric(k))
+    }
+  }
+  for (j in incomplete) {
+    obs <- is.finite(D[, j])
+    if (any(obs)) coef[, j] <- nnls::nnls(fit$L[obs, , drop = FALSE], D[obs, j])$x
+  }
+  list(coef = coef)
+}
+
+## pca (gEAR's plain L'D) and pca_centered (projectR's prcomp method, whose centring
+## over all samples is applied after the last chunk): the same product per chunk.
+gq_dot_chunk <- function(L, D) list(coef = crossprod(L, D))
+
+## binary: per pattern, the matched genes with a non-zero weight that are non-zero in
+## the sample (missing values were set to 0 before).
+gq_binary_chunk <- function(L, D) list(coef = crossprod(L != 0, D != 0))
+
+gq_buffer <- function(genes, samples) matrix(0, genes, samples)
