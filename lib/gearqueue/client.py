@@ -17,9 +17,11 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import topology
-from .broker import close_quietly, connect, converted_errors
+from .batch import OutgoingMessage, publish_batch
+from .broker import close_quietly, connect, connection_parameters, converted_errors
 from .config import Settings
 from .errors import (
+    BatchPublishError,
     BrokerUnavailable,
     InvalidMessage,
     PublishNacked,
@@ -69,6 +71,36 @@ class Client:
         self._record_queued(job_type, job_id)
         self._publish(job_type, job_id, body, priority=priority)
         return job_id
+
+    def submit_many(self, job_type: str, payloads: list[dict[str, Any]]) -> list[str]:
+        """Queue many jobs with streaming publisher confirms; return their ids in order.
+
+        Every payload is validated before anything is published. The batch goes out on a
+        connection of its own (gearqueue.batch), far faster than `submit` in a loop,
+        which waits for each confirm. BatchPublishError, with a report naming the jobs
+        that were nacked, unroutable or unconfirmed, if any job was not queued.
+        """
+        service = self.settings.service(job_type)
+        bodies = [self._encode(job_type, payload) for payload in payloads]
+        job_ids = [self._job_id(None) for _ in bodies]
+        if not service.queue_enabled:
+            for job_id, payload in zip(job_ids, payloads, strict=True):
+                self._run_in_process(job_type, job_id, payload)
+            return job_ids
+        store = StateStore(self.settings.paths.state_dir, job_type)
+        for job_id in job_ids:  # fresh random ids: nothing to read first
+            store.put(JobRecord(job_id, job_type, JobStatus.QUEUED))
+        self._channel_for(job_type)  # declares the topology once, so the batch is routable
+        now = int(time.time())
+        messages = [OutgoingMessage(job_id, body, pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=job_id,
+            correlation_id=job_id, timestamp=now, type=job_type))
+            for job_id, body in zip(job_ids, bodies, strict=True)]
+        report = publish_batch(connection_parameters(self.settings, job_type, self.name),
+                               "", service.queue, messages)
+        if not report.ok:
+            raise BatchPublishError(f"{job_type}: {report.describe(service.queue)}", report)
+        return job_ids
 
     def call(self, job_type: str, payload: dict[str, Any], *, timeout: float | None = None,
              job_id: str | None = None) -> dict[str, Any]:

@@ -110,6 +110,15 @@ class QueueFull(PublishNacked):
     """The queue is at `max_length` and rejects new publishes (`overflow = reject-publish`)."""
 
 
+class BatchPublishError(PublishError):
+    """Some jobs of a `submit_many` batch were not queued; `report` (a batch.BatchReport)
+    lists which were confirmed, nacked, unroutable, unconfirmed or unsent."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class TopologyMismatch(BrokerError):
     """A queue exists with other arguments than ours (PRECONDITION_FAILED on declare)."""
 
