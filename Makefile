@@ -16,9 +16,11 @@ test: install  ## the whole suite: real broker, real R, real systemd
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: install  ## side-by-side benchmarks; figures in bench/results/
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/run.py
 
-bench-quick: install
+bench-quick: install  ## the same in a few minutes, fewer repetitions
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) bench/run.py --quick
 
 lint:
