@@ -79,7 +79,7 @@ gq_ls_incomplete <- function(L, D, cols) {
       su[f$qr$pivot[seq_len(r)], group] <- sqrt(diag(chol2inv(f$qr$qr, size = r)))
     }
     if (sum(obs) > r) {
-      effects <- f$effects[(r + 1):sum(obs), , drop = FALSE]
+      effects <- as.matrix(f$effects)[(r + 1):sum(obs), , drop = FALSE]
       sigma[group] <- sqrt(colMeans(effects * effects))
     }
   }
