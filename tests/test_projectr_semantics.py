@@ -390,3 +390,16 @@ def test_unweighted_cart_weighs_every_listed_gene_one(job):
     assert read_projection(output_path(job.settings, reply))[1] == ["unweighted"]
     _, counts = projected(job, "binary", scope="unweighted-list")
     np.testing.assert_array_equal(counts, [[3, 1]])
+
+
+def test_fixednmf_leaves_not_estimable_patterns_na_like_nmf(job, oracle):
+    rng = np.random.default_rng(19)
+    loadings, _, target = generated(rng, 40, 5, 3, noise=0.05)
+    loadings[:, 1] = 3 * loadings[:, 0]
+    genes = names("g", 40)
+    put(job, target, genes, loadings, genes, patterns=["A", "B", "C"])
+    reply, coef = projected(job, "fixednmf")
+    assert np.isnan(coef[1]).all()
+    expected = oracle.project("oracle_nnls", target, genes, loadings[:, [0, 2]], genes)["coef"]
+    np.testing.assert_allclose(coef[[0, 2]], expected, rtol=RTOL, atol=1e-12)
+    assert "left NA: 'B'." in reply["message"]

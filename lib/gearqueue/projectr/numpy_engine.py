@@ -122,22 +122,23 @@ class NumpyEngine:
 
     @staticmethod
     def _nnls(ls: _LeastSquares, data: np.ndarray, incomplete: np.ndarray) -> np.ndarray:
+        """NNLS on the estimable patterns (the others NA, as in nmf), per sample."""
         patterns, samples = ls.loadings.shape[1], data.shape[0]
         coef = np.full((patterns, samples), np.nan)
         missing = set(incomplete.tolist())
-        full_rank = len(ls.estimable) == patterns
-        if full_rank:  # same minimiser as on the genes: ||d - Lb||^2 = ||Q'd - Rb||^2 + c
-            q, r = np.linalg.qr(ls.loadings)
         for sample in range(samples):
             values = data[sample]
             if sample in missing:
                 observed = np.isfinite(values)
                 if observed.any():
-                    coef[:, sample] = nnls(ls.loadings[observed], values[observed])[0]
-            elif full_rank:
-                coef[:, sample] = nnls(r, q.T @ values)[0]
-            else:
-                coef[:, sample] = nnls(ls.loadings, values)[0]
+                    subset = ls.loadings[observed]
+                    estimable, _ = estimable_columns(subset)
+                    if len(estimable):
+                        coef[estimable, sample] = nnls(subset[:, estimable],
+                                                       values[observed])[0]
+            elif len(ls.estimable):
+                # same minimiser as on the genes: ||d - Lb||^2 = ||Q'd - Rb||^2 + c
+                coef[ls.estimable, sample] = nnls(ls.r, ls.q.T @ values)[0]
         return coef
 
 

@@ -16,11 +16,8 @@ gq_ls_prepare <- function(L) {
   est <- q$pivot[seq_len(r)]
   su <- rep(NA_real_, k)
   if (r > 0) su[est] <- sqrt(diag(chol2inv(q$qr, size = r)))
-  R <- qr.R(q)
-  Rfull <- matrix(0, r, k)
-  Rfull[, q$pivot] <- R[seq_len(r), , drop = FALSE]
   list(L = L, Q1 = qr.Q(q)[, seq_len(r), drop = FALSE],
-       R1 = R[seq_len(r), seq_len(r), drop = FALSE], Rfull = Rfull,
+       R1 = qr.R(q)[seq_len(r), seq_len(r), drop = FALSE],
        rank = r, est = est, su = su,
        not_estimable = sort(setdiff(seq_len(k), est)))
 }
@@ -86,27 +83,29 @@ gq_ls_incomplete <- function(L, D, cols) {
   list(coef = coef, su = su, sigma = sigma)
 }
 
-## fixednmf: the same fit with coef >= 0, by Lawson-Hanson NNLS (nnls::nnls). With
-## full-rank loadings ||d - L b||^2 = ||Q1'd - R b||^2 + const, so each sample solves a
+## fixednmf: the same fit with coef >= 0, by Lawson-Hanson NNLS (nnls::nnls). As in nmf,
+## patterns not estimable from the genes are NA (NNLS alone would pick one of many
+## equally good answers, depending on the implementation). ||d - L b||^2 equals
+## ||Q1'd - R1 b||^2 + const on the estimable columns, so each sample solves a
 ## patterns x patterns problem with the same minimiser instead of a genes x patterns one.
 gq_nnls_chunk <- function(fit, D, incomplete) {
   k <- ncol(fit$L)
   n <- ncol(D)
   coef <- matrix(NA_real_, k, n)
   complete <- gq_complete(n, incomplete)
-  if (length(complete)) {
-    if (fit$rank == k) {
-      B <- crossprod(fit$Q1, D[, complete, drop = FALSE])
-      coef[, complete] <- vapply(seq_along(complete),
-                                 function(j) nnls::nnls(fit$Rfull, B[, j])$x, numeric(k))
-    } else {
-      coef[, complete] <- vapply(complete,
-                                 function(j) nnls::nnls(fit$L, D[, j])$x, numeric(k))
-    }
+  if (length(complete) && fit$rank > 0) {
+    B <- crossprod(fit$Q1, D[, complete, drop = FALSE])
+    coef[fit$est, complete] <- vapply(seq_along(complete),
+                                      function(j) nnls::nnls(fit$R1, B[, j])$x,
+                                      numeric(fit$rank))
   }
   for (j in incomplete) {
     obs <- is.finite(D[, j])
-    if (any(obs)) coef[, j] <- nnls::nnls(fit$L[obs, , drop = FALSE], D[obs, j])$x
+    if (!any(obs)) next
+    Lobs <- fit$L[obs, , drop = FALSE]
+    q <- qr(Lobs, tol = 1e-7, LAPACK = FALSE)
+    est <- q$pivot[seq_len(q$rank)]
+    if (length(est)) coef[est, j] <- nnls::nnls(Lobs[, est, drop = FALSE], D[obs, j])$x
   }
   list(coef = coef)
 }
