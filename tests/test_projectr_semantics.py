@@ -39,6 +39,11 @@ def job(settings) -> ProjectRJob:
     return job
 
 
+@pytest.fixture(autouse=True)
+def projections_dir(settings) -> None:
+    settings.paths.projections_dir.mkdir(parents=True, exist_ok=True)
+
+
 def names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{index}" for index in range(count)]
 

@@ -90,9 +90,18 @@ def find_complete(files: ProjectionFiles, algorithm: str, zscore: bool,
 def publish(files: ProjectionFiles, sample_ids: list[str], pattern_names: list[str],
             coef: np.ndarray, pval: np.ndarray | None, entry: dict[str, Any], *,
             integers: bool = False) -> None:
-    """Write the result files, link them from by_genecart, then record the entry."""
+    """Write the result files, link them from by_genecart, then record the entry.
+
+    Called under the projection's lock, so temp files left by a killed writer of the same
+    projection can be removed.
+    """
+    if not files.projections_dir.is_dir():  # never create the data root on a wrong disk
+        raise TransientJobError(f"the projections folder {files.projections_dir} does not "
+                                f"exist ([paths] projections_dir)")
     try:
         files.dataset_dir.mkdir(parents=True, exist_ok=True)
+        for stale in files.dataset_dir.glob(f".{files.projection_id}.*.tmp"):
+            stale.unlink(missing_ok=True)
         files.genecart_dir.mkdir(parents=True, exist_ok=True)
         written = [files.csv]
         write_matrix_csv(files.csv, sample_ids, pattern_names, coef, integers=integers)
@@ -146,6 +155,8 @@ def read_index(path: Path) -> dict[str, Any]:
 def update_index(path: Path, key: str, entry: dict[str, Any]) -> None:
     """Add `entry` under `key`, replacing an entry with the same uuid; atomic and locked."""
     with locks.exclusive(path.with_name(f".{path.name}.lock"), purpose=f"updating {path}"):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
         index = read_index(path)
         entries = [old for old in index.get(key, []) if not (
             isinstance(old, dict) and str(old.get("uuid")) == str(entry["uuid"]))]
