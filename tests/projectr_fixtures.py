@@ -194,3 +194,17 @@ def generated(rng: np.random.Generator, genes: int, samples: int, patterns: int,
     truth = rng.uniform(0.0, 5.0, size=(patterns, samples))
     target = loadings @ truth + rng.normal(0.0, noise, size=(genes, samples))
     return loadings, truth, target
+
+
+def child_main() -> None:
+    """`python -c` entry for tests that need separate processes (own R, own locks):
+    argv = [config path, payload JSON]; prints the reply as JSON on stdout."""
+    import json
+    import sys
+
+    from gearqueue.config import load_settings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    job = ProjectRJob(load_settings(sys.argv[1]))
+    job.warm_up()
+    print(json.dumps(run_job(job, json.loads(sys.argv[2]))), flush=True)
