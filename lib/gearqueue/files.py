@@ -1,0 +1,109 @@
+"""Files that jobs publish: checked folders, atomic replacement, stale temps, checksums.
+
+A job's output (an imported dataset, an export) is read by other processes while it
+may be rewritten, and the job may be killed at any moment (hard time limit, crash,
+memory cap). So an output is written to a hidden temp file in the same folder, synced,
+and renamed over the final name: readers see the old file or the new one, never half
+of one. Writers of one name hold a lock (gearqueue.projectr.locks), under which temp
+files that a killed writer left behind can be removed safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import PermanentJobError, TransientJobError
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+_READ_SIZE = 1 << 20
+
+
+def require_dir(path: Path, key: str) -> Path:
+    """`path` (a [paths] folder) must exist: never create a data folder on a wrong disk.
+
+    A missing folder is a configuration or mount problem that retrying does not fix;
+    creating it would silently put data where nobody looks for it.
+    """
+    if not path.is_dir():
+        raise PermanentJobError(f"{key} {path} does not exist or is not a folder "
+                                f"(see [paths] {key} in gear.ini)")
+    return path
+
+
+def require_space(folder: Path, needed: int, key: str) -> None:
+    """Refuse to start a write that cannot fit: retrying later may find the space.
+
+    Checked before HDF5 writes, because an HDF5 file whose writes failed cannot be
+    closed, and the library may crash at process exit while it still holds it.
+    """
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise TransientJobError(f"{key} {folder} has {free / 2**20:.1f} MiB free; this "
+                                f"needs about {needed / 2**20:.1f} MiB")
+
+
+def temp_prefix(final: Path) -> str:
+    """Temp files of `final` are hidden (`.name.`) so no reader lists them as data."""
+    return f".{final.name}."
+
+
+def remove_stale_temps(final: Path) -> int:
+    """Remove temp files of `final` left by a killed writer. Call only under its lock."""
+    removed = 0
+    prefix = temp_prefix(final)
+    for entry in final.parent.iterdir():
+        if entry.name.startswith(prefix) and entry.name.endswith(TEMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed += 1
+                log.warning("removed %s, left by an interrupted writer", entry)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a temp path next to `final`; on success sync it and rename it over `final`.
+
+    On any failure (including SoftTimeLimitExceeded and KeyboardInterrupt) the temp file
+    is removed and `final` is left as it was.
+    """
+    handle, name = tempfile.mkstemp(dir=final.parent, prefix=temp_prefix(final),
+                                    suffix=TEMP_SUFFIX)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        os.chmod(temp, 0o644)  # mkstemp makes 0600; the web server must read outputs
+        _fsync_path(temp)
+        os.replace(temp, final)
+        _fsync_path(final.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces (bounded memory for any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while piece := stream.read(_READ_SIZE):
+            digest.update(piece)
+    return digest.hexdigest()
