@@ -35,11 +35,12 @@ def write_inputs(datasets: Path, carts: Path, rng: np.random.Generator) -> np.nd
     with open(datasets / "demo.csv", "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["gene", *samples])
-        writer.writerows([gene, *map(repr, row)] for gene, row in zip(genes, target, strict=True))
+        writer.writerows([gene, *(format(value, ".17g") for value in row)]
+                         for gene, row in zip(genes, target, strict=True))
     with open(carts / "cart.demo.tab", "w", newline="") as stream:
         writer = csv.writer(stream, delimiter="\t")
         writer.writerow(["gene_id", "gene_symbol", *(f"P{k + 1}" for k in range(PATTERNS))])
-        writer.writerows([gene, f"SYM{i}", *map(repr, row)]
+        writer.writerows([gene, f"SYM{i}", *(format(value, ".17g") for value in row)]
                          for i, (gene, row) in enumerate(zip(genes, loadings, strict=True)))
     return truth
 

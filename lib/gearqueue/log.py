@@ -63,3 +63,4 @@ def setup_logging(identifier: str, level: str | int = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(os.environ.get("GEAR_LOG_LEVEL", level))
     logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("rpy2").setLevel(logging.WARNING)  # its start-up chatter is INFO
