@@ -101,6 +101,8 @@ class Consumer:
             if session.pending:
                 self._handle(session.pending.popleft())
                 continue
+            if session.cancelled:  # after settling what it had: nothing is abandoned
+                raise BrokerUnavailable("consumer cancelled by the broker")
             self.notifier.status("idle")
             self.notifier.watchdog()
             session.pump(IDLE_POLL_SECONDS)

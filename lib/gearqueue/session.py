@@ -75,11 +75,14 @@ class Session:
         self.cancelled = True
 
     def pump(self, seconds: float) -> None:
-        """Serve heartbeats, flush acks, take deliveries: for up to `seconds`."""
+        """Serve heartbeats, flush acks, take deliveries: for up to `seconds`.
+
+        A broker-sent Basic.Cancel does not raise here: the channel still works, so the
+        job that runs when it comes is settled on it (reply, ack) instead of being
+        abandoned; the consumer loop subscribes again once idle (see `cancelled`).
+        """
         with converted_errors("talking to the broker"):
             self.connection.process_data_events(time_limit=seconds)
-        if self.cancelled:
-            raise BrokerUnavailable("consumer cancelled by the broker")
         if not self.consume_channel.is_open or not self.confirm_channel.is_open:
             raise BrokerUnavailable("channel closed by the broker (see the broker log, "
                                     "e.g. consumer_timeout)")
