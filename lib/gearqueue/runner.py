@@ -83,11 +83,12 @@ class JobRunner:
                 return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
                     error, self.job.failure_reply(error), attempt - 1))
             base = record or JobRecord(job_id, self.service.job_type, JobStatus.QUEUED)
-            self.store.put(base.evolve(status=JobStatus.RUNNING, attempts=attempt,
-                                       worker=self.worker))
-            return self._run(job_id, payload, attempt)
+            running = self.store.put(base.evolve(status=JobStatus.RUNNING, attempts=attempt,
+                                                 worker=self.worker))
+            return self._run(running, payload)
 
-    def _run(self, job_id: str, payload: Mapping[str, Any], attempt: int) -> Outcome:
+    def _run(self, running: JobRecord, payload: Mapping[str, Any]) -> Outcome:
+        job_id, attempt = running.job_id, running.attempts
         context = JobContext(
             job_id=job_id, job_type=self.service.job_type, attempt=attempt,
             settings=self.settings, isolated=self.isolated,
@@ -102,7 +103,8 @@ class JobRunner:
             job_error, text = as_job_error(error)
             return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
                 job_error, self.job.failure_reply(job_error), attempt, text))
-        self.store.update(job_id, status=JobStatus.SUCCEEDED, result=reply, error=None)
+        # We hold the job's lock, so the record is still the one we stored: no re-read.
+        self.store.put(running.evolve(status=JobStatus.SUCCEEDED, result=reply, error=None))
         return Outcome.success(reply, attempt)
 
     def _replay(self, record: JobRecord) -> Outcome:
