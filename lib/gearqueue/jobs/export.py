@@ -1,0 +1,137 @@
+"""export: write a dataset, or one of its projections, as CSV or TSV for download.
+
+Message: {"dataset_id", "format": "csv" | "tsv", "projection_id" (optional)}. Without
+a projection the dataset (<datasets_dir>/<dataset_id>.h5ad, .csv or .tsv, found the
+way ProjectR finds it) is written genes x samples, the layout dataset_import reads, so
+an export imports back to the same numbers. With one, the projection's CSV
+(<projections_dir>/by_dataset/<dataset_id>/<projection_id>.csv, samples x patterns) is
+written. The file is <exports_dir>/<dataset_id>[.<projection_id>].<format>, written to
+a temp file and renamed. A large .h5ad streams through in blocks of genes, each read
+chunk of samples by chunk of samples, so memory stays bounded. See docs/export.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from ..errors import PermanentJobError, TransientJobError
+from ..files import atomic_output, remove_stale_temps, require_dir
+from ..matrixio import GeneBlock
+from ..matrixio.chunks import gene_blocks
+from ..matrixio.delimited import DELIMITERS, DelimitedReader, write_delimited
+from ..projectr.locks import exclusive
+from ..projectr.outputs import ProjectionFiles
+from ..projectr.tables import read_text_matrix
+from ..projectr.targets import find_target, open_target
+from .base import Job, JobContext
+from .fields import get_choice, get_safe_id, reject_unknown
+
+FORMATS = ("csv", "tsv")
+#: Bytes of values an export holds at once (a block of genes x every sample); the
+#: process peaks at about three times this (the reads of a chunk of samples).
+EXPORT_BUDGET = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    dataset_id: str
+    format: str
+    projection_id: str | None
+
+    @property
+    def file_name(self) -> str:
+        parts = [self.dataset_id, self.projection_id, self.format]
+        return ".".join(part for part in parts if part)
+
+
+class ExportJob(Job[ExportRequest]):
+    name = "export"
+    #: Overridable (tests): bytes of values held at once.
+    budget = EXPORT_BUDGET
+
+    def validate(self, payload: Mapping[str, Any]) -> ExportRequest:
+        reject_unknown(payload, ("dataset_id", "format", "projection_id"))
+        dataset_id = cast(str, get_safe_id(payload, "dataset_id"))
+        fmt = cast(str, get_choice(payload, "format", FORMATS))
+        projection_id = get_safe_id(payload, "projection_id", required=False)
+        return ExportRequest(dataset_id, fmt, projection_id)
+
+    def run(self, request: ExportRequest, context: JobContext) -> dict[str, Any]:
+        exports = require_dir(self.settings.paths.exports_dir, "exports_dir")
+        final = exports / request.file_name
+        lock = self.settings.paths.state_dir / "locks" / self.name / f"{final.name}.lock"
+        with exclusive(lock, purpose=f"exporting {final.name}"):
+            remove_stale_temps(final)
+            if request.projection_id is None:
+                num_rows, num_columns, what = self._export_dataset(request, final)
+            else:
+                num_rows, num_columns, what = self._export_projection(request, final)
+        context.log.info("exported %s to %s: %d rows x %d columns", what, final, num_rows,
+                         num_columns)
+        return {"success": 1, "file": final.name, "num_rows": num_rows,
+                "num_columns": num_columns,
+                "message": f"exported {what} to {final.name} in exports_dir: {num_rows} "
+                           f"rows x {num_columns} columns"}
+
+    def _export_dataset(self, request: ExportRequest, final: Path) -> tuple[int, int, str]:
+        datasets = require_dir(self.settings.paths.datasets_dir, "datasets_dir")
+        try:
+            source = find_target(datasets, request.dataset_id)
+        except PermanentJobError as error:
+            raise PermanentJobError(f"{error.message} in datasets_dir {datasets}") from None
+        what = f"dataset '{request.dataset_id}' ({source.name}, genes x samples)"
+        if source.suffix == ".h5ad":
+            target = open_target(datasets, request.dataset_id)
+            try:
+                rows = _write(final, request.format, target.sample_ids,
+                              gene_blocks(target, self.budget),
+                              single_precision=_stores_single_precision(source))
+                return rows, len(target.sample_ids), what
+            finally:
+                target.close()
+        delimiter = "\t" if source.suffix == ".tsv" else ","
+        with DelimitedReader(source, delimiter, label=f"dataset {source.name}",
+                             block_values=self.budget // 8, allow_infinite=True) as reader:
+            rows = _write(final, request.format, reader.sample_ids, reader.blocks())
+            return rows, reader.num_samples, what
+
+    def _export_projection(self, request: ExportRequest, final: Path) -> tuple[int, int, str]:
+        projection_id = cast(str, request.projection_id)
+        # The by_dataset path does not depend on the gene cart.
+        source = ProjectionFiles(self.settings.paths.projections_dir, request.dataset_id,
+                                 genecart_id="", projection_id=projection_id).csv
+        if not source.is_file():
+            raise PermanentJobError(
+                f"projection '{projection_id}' of dataset '{request.dataset_id}' not found: "
+                f"no {source} (has its projectr job finished?)")
+        table = read_text_matrix(source, ",", what="projection", text_columns=1)
+        rows = _write(final, request.format, table.labels,
+                      iter([GeneBlock(table.row_ids, table.values)]))
+        what = (f"projection '{projection_id}' of dataset '{request.dataset_id}' "
+                f"(samples x patterns)")
+        return rows, len(table.labels), what
+
+
+def _write(final: Path, fmt: str, columns: list[str], blocks: Iterator[GeneBlock], *,
+           single_precision: bool = False) -> int:
+    """Write the table to a temp file and rename it to `final`; return the row count."""
+    try:
+        with atomic_output(final) as temp, open(temp, "w", encoding="utf-8",
+                                                newline="") as stream:
+            return write_delimited(stream, DELIMITERS[fmt], columns, blocks,
+                                   single_precision=single_precision)
+    except OSError as error:  # reading errors are PermanentJobErrors by now
+        raise TransientJobError(f"cannot write export {final}: {error}") from None
+
+
+def _stores_single_precision(path: Path) -> bool:
+    """True if X holds float32 (or float16): print its values as float32 prints them."""
+    import h5py  # only h5ad datasets need it
+
+    with h5py.File(path, "r") as file:  # ProjectR's reader has opened it: it is valid
+        x = file["X"]
+        values = x["data"] if isinstance(x, h5py.Group) else x
+        return values.dtype.kind == "f" and values.dtype.itemsize <= 4
