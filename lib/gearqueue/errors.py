@@ -129,3 +129,7 @@ class ReplyTimeout(GearError):
 
 class UnknownJob(GearError):
     """No job state is stored for that job id."""
+
+
+class NotInDeadQueue(UnknownJob):
+    """No message with that job id is in the dead queue of its job type."""
