@@ -107,3 +107,11 @@ def sha256_file(path: Path) -> str:
         while piece := stream.read(_READ_SIZE):
             digest.update(piece)
     return digest.hexdigest()
+
+
+def describe(error: OSError) -> str:
+    """An OSError in one line: HDF5's carry a multi-line report of the failed write."""
+    if error.errno:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"[Errno {error.errno}] {os.strerror(error.errno)}{where}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -22,6 +22,7 @@ from typing import Any, cast
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
 from ..files import (
     atomic_output,
+    describe,
     remove_stale_temps,
     require_dir,
     require_space,
@@ -82,7 +83,7 @@ class DatasetImportJob(Job[ImportRequest]):
             try:
                 checksum = sha256_file(source)
             except OSError as error:
-                raise TransientJobError(f"cannot read {label}: {error}") from None
+                raise TransientJobError(f"cannot read {label}: {describe(error)}") from None
             done = _already_imported(request, final, checksum)
             if done is not None:
                 context.log.info("dataset %s: already imported from this upload",
@@ -109,7 +110,7 @@ class DatasetImportJob(Job[ImportRequest]):
                              "format": request.format, "job_id": context.job_id,
                              "imported_at": _now(), **summary.as_reply()})
         except OSError as error:  # reading errors are PermanentJobErrors by now
-            raise TransientJobError(f"cannot write dataset {final}: {error}") from None
+            raise TransientJobError(f"cannot write dataset {final}: {describe(error)}") from None
         context.log.info("dataset %s: %d genes x %d samples, %d duplicate gene id(s), "
                          "%d missing value(s)", request.dataset_id, summary.num_genes,
                          summary.num_samples, summary.num_duplicate_genes,

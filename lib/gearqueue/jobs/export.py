@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..errors import PermanentJobError, TransientJobError
-from ..files import atomic_output, remove_stale_temps, require_dir
+from ..files import atomic_output, describe, remove_stale_temps, require_dir
 from ..matrixio import GeneBlock
 from ..matrixio.chunks import gene_blocks
 from ..matrixio.delimited import DELIMITERS, DelimitedReader, write_delimited
@@ -124,7 +124,7 @@ def _write(final: Path, fmt: str, columns: list[str], blocks: Iterator[GeneBlock
             return write_delimited(stream, DELIMITERS[fmt], columns, blocks,
                                    single_precision=single_precision)
     except OSError as error:  # reading errors are PermanentJobErrors by now
-        raise TransientJobError(f"cannot write export {final}: {error}") from None
+        raise TransientJobError(f"cannot write export {final}: {describe(error)}") from None
 
 
 def _stores_single_precision(path: Path) -> bool:

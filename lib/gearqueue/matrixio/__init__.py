@@ -2,8 +2,9 @@
 
 dataset_import and export move whole datasets, which can be far larger than the
 executor's memory budget, so everything here works in blocks of genes (`GeneBlock`)
-of bounded size. ProjectR loads a target whole (lib/gearqueue/projectr/); these
-modules only stream, and write.
+of bounded size: a text file is a sequence of gene rows, and an export writes one line
+per gene. Reading .h5ad is ProjectR's (gearqueue.projectr.h5ad, by chunks of samples);
+`chunks` turns its sample chunks into gene blocks, and `convert` checks uploads with it.
 """
 
 from __future__ import annotations
