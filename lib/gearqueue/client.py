@@ -88,8 +88,8 @@ class Client:
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
         store = StateStore(self.settings.paths.state_dir, job_type)
-        for job_id in job_ids:  # fresh random ids: nothing to read first
-            store.put(JobRecord(job_id, job_type, JobStatus.QUEUED))
+        for job_id in job_ids:  # fresh random ids: nothing to read, nobody reading yet
+            store.create(JobRecord(job_id, job_type, JobStatus.QUEUED))
         self._channel_for(job_type)  # declares the topology once, so the batch is routable
         now = int(time.time())
         messages = [OutgoingMessage(job_id, body, pika.BasicProperties(
