@@ -408,3 +408,18 @@ def test_fixednmf_leaves_not_estimable_patterns_na_like_nmf(job, oracle):
     expected = oracle.project("oracle_nnls", target, genes, loadings[:, [0, 2]], genes)["coef"]
     np.testing.assert_allclose(coef[[0, 2]], expected, rtol=RTOL, atol=1e-12)
     assert "left NA: 'B'." in reply["message"]
+
+
+@pytest.mark.parametrize("noise", [0.03, 1e-4])  # RSS/||d||^2 ~ 2e-6 and ~ 2e-11
+def test_pvalues_of_close_fits_equal_limma(job, oracle, noise):
+    rng = np.random.default_rng(20)
+    loadings, truth, _ = generated(rng, 200, 10, 4)
+    truth[0] = 0.0  # an absent pattern: |t| ~ 1, so its p-value depends on sigma
+    target = loadings @ truth + rng.normal(0.0, noise, size=(200, 10))
+    genes = names("g", 200)
+    put(job, target, genes, loadings, genes)
+    reply, _ = projected(job, full_output=True)
+    pval = pvalues(job, reply)
+    assert 0.01 < np.median(pval[0]) < 0.99
+    expected = oracle.project("oracle_nmf", target, genes, loadings, genes)["pval"]
+    np.testing.assert_allclose(pval, expected, rtol=RTOL)

@@ -28,7 +28,11 @@ gq_complete <- function(n, incomplete) {
 
 ## nmf: coef[, s] = argmin_b ||D[, s] - L b||^2, limma::lmFit's numbers. Samples with
 ## non-finite values are refitted on their finite genes (gq_ls_incomplete), as lmFit does.
-gq_nmf_chunk <- function(fit, D, incomplete, full) {
+## For p-values the residual sum of squares is ||d||^2 - ||Q1'd||^2 (sumsq = ||d||^2 per
+## sample, taken by the caller while the chunk is in cache), which needs no genes x samples
+## temporaries; where the fit is so close that this difference loses digits
+## (RSS < 1e-6 ||d||^2: limma agrees to ~1e-14 ||d||^2), they are formed exactly.
+gq_nmf_chunk <- function(fit, D, incomplete, full, sumsq) {
   G <- nrow(D)
   k <- ncol(fit$L)
   n <- ncol(D)
@@ -41,8 +45,13 @@ gq_nmf_chunk <- function(fit, D, incomplete, full) {
     E <- crossprod(fit$Q1, Dc)
     coef[fit$est, complete] <- backsolve(fit$R1, E)
     if (full && G > fit$rank) {
-      residual <- Dc - fit$Q1 %*% E
-      sigma[complete] <- sqrt(colSums(residual * residual) / (G - fit$rank))
+      rss <- sumsq[complete] - colSums(E * E)
+      close <- which(!(rss > 1e-6 * sumsq[complete]))
+      if (length(close)) {
+        residual <- Dc[, close, drop = FALSE] - fit$Q1 %*% E[, close, drop = FALSE]
+        rss[close] <- colSums(residual * residual)
+      }
+      sigma[complete] <- sqrt(rss / (G - fit$rank))
     }
   }
   if (length(incomplete)) {

@@ -88,8 +88,10 @@ class REngine:
             rows = ri.IntSexpVector.from_memoryview(
                 memoryview(np.ascontiguousarray(incomplete + 1, dtype=np.int32)))
             if fit.algorithm == "nmf":
+                sumsq = np.einsum("ij,ij->i", data, data) if fit.full_output else np.empty(0)
                 result = self._call("gq_nmf_chunk", fit.state, matrix, rows,
-                                    ri.BoolSexpVector([fit.full_output]))
+                                    ri.BoolSexpVector([fit.full_output]),
+                                    ri.FloatSexpVector.from_memoryview(memoryview(sumsq)))
             else:
                 result = self._call("gq_nnls_chunk", fit.state, matrix, rows)
         elif fit.algorithm == "binary":
