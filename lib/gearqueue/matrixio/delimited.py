@@ -259,6 +259,10 @@ def write_delimited(stream: TextIO, delimiter: str, sample_ids: list[str],
 
 def _numbers(values: np.ndarray, delimiter: str, whole: re.Pattern[str],
              single_precision: bool) -> str:
+    if (np.abs(values) < 1e15).all() and (values == np.round(values)).all():
+        # Counts, the common case: integers print twice as fast as floats. (NaN and
+        # infinities fail the first test.)
+        return delimiter.join(map(str, values.astype(np.int64).tolist()))
     if single_precision:
         text = delimiter.join(values.astype(np.float32).astype(str).tolist())
     else:
