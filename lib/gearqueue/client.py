@@ -27,6 +27,7 @@ from .errors import (
     PublishNacked,
     QueueFull,
     ReplyTimeout,
+    UnroutableError,
 )
 from .jobs.fields import SAFE_ID
 from .runner import JobRunner
@@ -44,6 +45,9 @@ class Client:
         self._declared: set[str] = set()
         self._replies: dict[str, dict[str, Any]] = {}
         self._consuming_replies = False
+        #: call()'s channel: no confirm mode; and the ids of requests it got back.
+        self._rpc: BlockingChannel | None = None
+        self._returned: set[str] = set()
         self._runners: dict[str, JobRunner] = {}
 
     def __enter__(self) -> Client:
@@ -57,6 +61,7 @@ class Client:
         self._connection = self._channel = None
         self._declared.clear()
         self._consuming_replies = False
+        self._rpc = None
 
     # --- public API ------------------------------------------------------------------
 
@@ -112,15 +117,23 @@ class Client:
             return self._run_in_process(job_type, job_id, payload)
         timeout = service.reply_timeout if timeout is None else timeout
         self._record_queued(job_type, job_id)
-        channel = self._channel_for(job_type)
-        if not self._consuming_replies:
-            with converted_errors("listening for replies"):
-                channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
-            self._consuming_replies = True
-        self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
+        if service.max_length:
+            # A full queue refuses with a nack (QueueFull), which only a confirm tells.
+            channel = self._channel_for(job_type)
+            if not self._consuming_replies:
+                with converted_errors("listening for replies"):
+                    channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
+                self._consuming_replies = True
+            self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
+        else:
+            self._publish_request(job_type, job_id, body)
         deadline = time.monotonic() + timeout
         assert self._connection is not None
         while job_id not in self._replies:
+            if job_id in self._returned:
+                self._returned.discard(job_id)
+                raise UnroutableError(f"{job_type} job {job_id} was returned as unroutable "
+                                      f"(no queue '{service.queue}')")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ReplyTimeout(f"no reply to {job_type} job {job_id} within {timeout:g} s "
@@ -204,6 +217,32 @@ class Client:
                 self.close()
                 if attempt == 2 or reply_to:
                     raise
+
+    def _publish_request(self, job_type: str, job_id: str, body: bytes) -> None:
+        """Publish a call() request on the RPC channel: mandatory, persistent, no confirm.
+
+        The reply confirms the request; waiting for the broker's confirm first (for a
+        persistent message that is its next fsync, 3-5 ms) only delayed every call. An
+        unroutable request still comes back (mandatory) and call() raises for it.
+        """
+        self._channel_for(job_type)  # the connection, and the topology declared once
+        if self._rpc is None or not self._rpc.is_open:
+            assert self._connection is not None
+            with converted_errors("opening the RPC channel"):
+                self._rpc = self._connection.channel()
+                self._rpc.add_on_return_callback(self._on_return)
+                self._rpc.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
+        properties = pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=job_id,
+            correlation_id=job_id, reply_to=DIRECT_REPLY_TO, timestamp=int(time.time()),
+            type=job_type)
+        with converted_errors(f"publishing {job_type} job {job_id}"):
+            self._rpc.basic_publish("", self.settings.service(job_type).queue, body,
+                                    properties, mandatory=True)
+
+    def _on_return(self, channel: Any, method: Any, properties: pika.BasicProperties,
+                   body: bytes) -> None:
+        self._returned.add(properties.message_id or "")
 
     def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties,
                   body: bytes) -> None:

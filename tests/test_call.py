@@ -1,0 +1,39 @@
+"""Client.call(): the reply confirms the request; an unroutable request fails at once."""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pytest
+from conftest import BROKER_URL
+
+from gearqueue.client import Client
+from gearqueue.config import load_settings
+from gearqueue.errors import UnroutableError
+
+
+def test_a_call_with_no_queue_to_go_to_fails_at_once_not_at_its_timeout(make_config) -> None:
+    settings = load_settings(make_config())
+    queue = settings.service("echo").queue
+    connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    try:
+        with Client(settings) as client:
+            client.submit("echo", {"data": 0})  # declares the topology
+            channel = connection.channel()
+            for name in (queue, f"{queue}.dead", *(f"{queue}.retry.{n}" for n in (1, 2, 3))):
+                channel.queue_delete(name)  # an operator deleted the queues
+            started = time.monotonic()
+            with pytest.raises(UnroutableError, match="unroutable"):
+                client.call("echo", {"data": 1}, timeout=20)
+            assert time.monotonic() - started < 5
+    finally:
+        connection.close()
+
+
+def test_calls_get_their_own_replies(make_config, start_consumer) -> None:
+    config = make_config()
+    start_consumer(config)
+    with Client(load_settings(config)) as client:
+        replies = [client.call("echo", {"data": number}, timeout=30) for number in range(20)]
+    assert replies == [{"success": 1, "echo": number, "attempt": 1} for number in range(20)]
