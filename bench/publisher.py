@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Publish N no-op jobs in one system's wire format and time them until the last is done.
+
+`publisher.py --kind json|celery|dramatiq --queue Q --count N [--marker PATH]`
+
+Runs as its own process, next to the consumer under test, so the two run together.
+Every system gets the same publisher: plain pika, persistent messages, no confirms, the
+messages encoded before the clock starts. The clock stops when the *last* message is
+done: for `json` (raw pika and gearqueue consumers) its reply arrives on direct
+reply-to; for Celery and Dramatiq (no result backend) its task creates `--marker`.
+One consumer takes messages in queue order, so the last one done means all are done
+(with two processes, at most one other job is still finishing).
+
+Prints one JSON line: started, published, finished (time.monotonic, which is one clock
+for every process of the machine), count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import broker_params
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+Message = tuple[bytes, pika.BasicProperties]
+
+
+def json_messages(count: int) -> list[Message]:
+    messages = []
+    for index in range(count):
+        job_id = uuid.uuid4().hex
+        messages.append((json.dumps({"data": index}).encode(), pika.BasicProperties(
+            content_type="application/json", delivery_mode=2, message_id=job_id,
+            correlation_id=job_id,
+            reply_to=DIRECT_REPLY_TO if index == count - 1 else None)))
+    return messages
+
+
+def celery_messages(count: int, marker: str) -> list[Message]:
+    from bench.celery_app import app
+
+    messages = []
+    for index in range(count):
+        kwargs = {"marker": marker} if index == count - 1 else {}
+        task_id = str(uuid.uuid4())
+        headers, properties, body, _ = app.amqp.as_task_v2(
+            task_id, "bench.celery_app.noop", args=(index,), kwargs=kwargs,
+            ignore_result=True)
+        encoded = json.dumps(body).encode()
+        messages.append((encoded, pika.BasicProperties(
+            content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+            correlation_id=properties["correlation_id"], headers=headers, priority=0)))
+    return messages
+
+
+def dramatiq_messages(count: int, queue: str, marker: str) -> list[Message]:
+    import dramatiq
+
+    messages = []
+    for index in range(count):
+        kwargs = {"marker": marker} if index == count - 1 else {}
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=queue, actor_name="noop", args=(index,), kwargs=kwargs, options={})
+        messages.append((message.encode(), pika.BasicProperties(delivery_mode=2,
+                                                                priority=0)))
+    return messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("json", "celery", "dramatiq"), required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--marker", default="")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+
+    if args.kind == "json":
+        messages = json_messages(args.count)
+    elif args.kind == "celery":
+        messages = celery_messages(args.count, args.marker)
+    else:
+        messages = dramatiq_messages(args.count, args.queue, args.marker)
+    if args.marker and os.path.exists(args.marker):
+        os.unlink(args.marker)
+
+    connection = pika.BlockingConnection(broker_params())
+    channel = connection.channel()
+    replies: list[bytes] = []
+    if args.kind == "json":
+        channel.basic_consume(DIRECT_REPLY_TO, lambda _c, _m, _p, body: replies.append(body),
+                              auto_ack=True)
+
+    def done() -> bool:
+        return bool(replies) if args.kind == "json" else os.path.exists(args.marker)
+
+    started = time.monotonic()
+    for body, properties in messages:
+        channel.basic_publish("", args.queue, body, properties)
+    published = time.monotonic()
+    deadline = published + args.timeout
+    while not done():
+        if time.monotonic() > deadline:
+            sys.exit(f"publisher: the last job was not done within {args.timeout:g} s")
+        connection.process_data_events(time_limit=0.001)
+    finished = time.monotonic()
+    connection.close()
+    print(json.dumps({"started": started, "published": published, "finished": finished,
+                      "count": args.count}))
+
+
+if __name__ == "__main__":
+    main()

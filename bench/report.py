@@ -1,0 +1,107 @@
+"""The one table `make bench` prints (and docs/performance.md shows): figures, ratios, targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: (label, numerator system, denominator system, target ratio) per prefetch.
+THROUGHPUT_RATIOS = (
+    ("gearqueue / raw pika", "gear", "raw", 0.8),
+    ("gearqueue / Celery prefork x2", "gear", "celery_prefork2", 2.0),
+    ("gearqueue / Dramatiq 1x1", "gear", "dramatiq_1x1", 1.2),
+)
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "MISSED"
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    throughput = results.get("throughput", {})
+    for prefetch in ("1", "10"):
+        if prefetch not in throughput:
+            continue
+        figures = throughput[prefetch]
+        for entry in figures.values():
+            note = entry.get("note", "")
+            rows.append((f"[1] {entry['label']}, prefetch {prefetch}",
+                         f"{_fmt(entry.get('jobs_per_s'))} jobs/s", note))
+        for label, top, bottom, target in THROUGHPUT_RATIOS:
+            a, b = figures.get(top, {}).get("jobs_per_s"), figures.get(bottom, {}).get(
+                "jobs_per_s")
+            ratio = a / b if a and b else None
+            rows.append((f"[1] {label}, prefetch {prefetch}", f"{_fmt(ratio, 2)}x",
+                         f"target >= {target}x: {_verdict(ratio, target)}"))
+    publish = results.get("publish")
+    if publish:
+        one, many = publish["one_by_one"]["jobs_per_s"], publish["submit_many"]["jobs_per_s"]
+        rows.append(("[2] submit() one by one, confirms", f"{_fmt(one)} jobs/s", ""))
+        rows.append(("[2] submit_many(), streaming confirms", f"{_fmt(many)} jobs/s", ""))
+        rows.append(("[2] submit_many / submit", f"{_fmt(many / one, 1)}x",
+                     f"target >= 10x: {_verdict(many / one, 10)}"))
+    latency = results.get("latency")
+    if latency:
+        for key, label in (("raw", "raw pika direct reply-to echo"), ("call", "Client.call()")):
+            entry = latency[key]
+            rows.append((f"[3] {label} p50 / p95 / p99",
+                         f"{entry['p50_ms']:.2f} / {entry['p95_ms']:.2f} / "
+                         f"{entry['p99_ms']:.2f} ms", f"{entry['samples']} calls"))
+        gap = latency["call"]["p50_ms"] - latency["raw"]["p50_ms"]
+        rows.append(("[3] call() p50 - raw p50", f"{gap:+.2f} ms",
+                     f"target <= 0.5 ms: {_verdict(gap, 0.5, higher_is_better=False)}"))
+    for entry in results.get("startup", []):
+        if "error" in entry:
+            rows.append((f"[4] {entry['job_type']} consumer start to READY", "n/a",
+                         entry["error"][:80]))
+            continue
+        rows.append((f"[4] {entry['job_type']} consumer start to READY",
+                     f"{entry['ready_s']:.2f} s",
+                     f"target <= 2 s: {_verdict(entry['ready_s'], 2.0, False)}"))
+        rows.append((f"[4] {entry['job_type']} idle RSS, consumer + executor child",
+                     f"{entry['idle_rss_mb']:.0f} MiB",
+                     f"+ {entry['resource_tracker_rss_mb']:.0f} MiB resource tracker"))
+    rows += _projectr_rows(results.get("projectr"))
+    return rows
+
+
+def _projectr_rows(projectr: Any) -> list[tuple[str, str, str]]:
+    """ProjectR figures as bench_projectr.py wrote them (its JSON is its own)."""
+    if projectr is None:
+        return []
+    if isinstance(projectr, dict) and "error" in projectr:
+        return [("[5] ProjectR (bench_projectr.py)", "n/a", str(projectr["error"])[:100])]
+    rows = projectr.get("rows") if isinstance(projectr, dict) else projectr
+    if not isinstance(rows, list):
+        rows = [{"figure": key, "value": value} for key, value in projectr.items()]
+    result = []
+    for row in rows:
+        if not isinstance(row, dict):
+            result.append(("[5] ProjectR", str(row), ""))
+            continue
+        label = str(row.get("label") or row.get("name") or row.get("figure") or "")
+        values = {key: value for key, value in row.items()
+                  if key not in ("label", "name", "figure")}
+        text = ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else
+                         f"{key} {value}" for key, value in values.items())
+        result.append((f"[5] ProjectR {label}".rstrip(), text[:60], text[60:140]))
+    return result
+
+
+def table(results: dict[str, Any]) -> str:
+    """A Markdown table (readable as plain text too)."""
+    rows = _rows(results)
+    widths = [max(len(row[column]) for row in [("figure", "value", "notes"), *rows])
+              for column in range(3)]
+    lines = [f"| {'figure':<{widths[0]}} | {'value':>{widths[1]}} | {'notes':<{widths[2]}} |",
+             f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 1)}:|{'-' * (widths[2] + 2)}|"]
+    lines += [f"| {a:<{widths[0]}} | {b:>{widths[1]}} | {c:<{widths[2]}} |"
+              for a, b, c in rows]
+    return "\n".join(lines)

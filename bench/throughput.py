@@ -1,0 +1,142 @@
+"""Item 1: end-to-end throughput of no-op jobs, one consumer, publisher running alongside.
+
+Each system's consumer runs as a real process on a queue of its own; `publisher.py`
+publishes N persistent messages in that system's format while the consumer drains them,
+and the figure is N / (last job done - first publish). Every consumer acks manually
+after the job; prefetch is 1 or 10 (Celery: worker_prefetch_multiplier; Dramatiq:
+$dramatiq_queue_prefetch per process, except "default", which is Dramatiq untouched).
+The first run of each consumer is a warm-up that also sizes N, so a run lasts about
+`seconds` whatever the system's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    BENCH,
+    PYTHON,
+    ROOT,
+    broker,
+    gear_queues,
+    median,
+    start,
+    stop,
+    unique_tag,
+    wait_until,
+    write_gear_ini,
+)
+
+log = logging.getLogger(__name__)
+
+WARM_UP_COUNT = 200
+MIN_COUNT, MAX_COUNT = 300, 30000
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    label: str
+    kind: str  # publisher.py --kind
+    command: Callable[[str, int, Path], tuple[list[str], dict[str, str]]]
+    queues: Callable[[str], list[str]]
+    exchanges: Callable[[str], list[str]] = lambda queue: []
+
+
+def _raw(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, str]]:
+    return [PYTHON, str(BENCH / "raw_consumer.py"), queue, str(prefetch)], {}
+
+
+def _gear(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, str]]:
+    config = write_gear_ini(folder, {"echo": queue}, prefetch)
+    return [PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config", str(config)], {}
+
+
+def _celery(pool: str, concurrency: int):
+    def command(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, str]]:
+        return ([PYTHON, "-m", "celery", "-A", "bench.celery_app", "worker", "-Q", queue,
+                 f"--pool={pool}", f"--concurrency={concurrency}", "-n", f"{queue}@%h",
+                 "--without-gossip", "--without-mingle", "--without-heartbeat",
+                 "--loglevel=WARNING"],
+                {"BENCH_CELERY_QUEUE": queue, "BENCH_CELERY_PREFETCH": str(prefetch)})
+    return command
+
+
+def _dramatiq(processes: int | None, threads: int | None):
+    def command(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, str]]:
+        args = [PYTHON, "-m", "dramatiq", "bench.dramatiq_app", "-Q", queue]
+        env = {"BENCH_DRAMATIQ_QUEUE": queue}
+        if processes is not None:
+            args += ["--processes", str(processes), "--threads", str(threads)]
+            env["dramatiq_queue_prefetch"] = str(prefetch)
+        return args, env
+    return command
+
+
+def _dramatiq_queues(queue: str) -> list[str]:
+    return [queue, f"{queue}.DQ", f"{queue}.XQ"]
+
+
+SYSTEMS: dict[str, System] = {system.key: system for system in (
+    System("raw", "raw pika consumer (ceiling)", "json", _raw, lambda queue: [queue]),
+    System("gear", "gearqueue echo consumer", "json", _gear, gear_queues),
+    System("celery_solo", "Celery 5 --pool=solo", "celery", _celery("solo", 1),
+           lambda queue: [queue], lambda queue: [queue]),
+    System("celery_prefork2", "Celery 5 prefork x2", "celery", _celery("prefork", 2),
+           lambda queue: [queue], lambda queue: [queue]),
+    System("dramatiq_1x1", "Dramatiq 1 process x 1 thread", "dramatiq", _dramatiq(1, 1),
+           _dramatiq_queues),
+    System("dramatiq_default", "Dramatiq default (2 proc x 8 threads)", "dramatiq",
+           _dramatiq(None, None), _dramatiq_queues),
+)}
+
+
+def publish_and_wait(kind: str, queue: str, count: int, marker: Path,
+                     timeout: float) -> float:
+    """Run publisher.py once; jobs per second from first publish to last job done."""
+    result = subprocess.run(
+        [PYTHON, str(BENCH / "publisher.py"), "--kind", kind, "--queue", queue,
+         "--count", str(count), "--marker", str(marker), "--timeout", str(timeout)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout + 60, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"publisher failed ({result.returncode}): {result.stderr[-2000:]}")
+    times = json.loads(result.stdout.strip().splitlines()[-1])
+    return count / (times["finished"] - times["started"])
+
+
+def measure(key: str, prefetch: int, repetitions: int, seconds: float,
+            timeout: float = 300.0) -> dict[str, object]:
+    """Median jobs/s of one system at one prefetch, over `repetitions` runs."""
+    system = SYSTEMS[key]
+    tag = unique_tag()
+    queue = f"{tag}.{key}"
+    with tempfile.TemporaryDirectory(prefix=f"{tag}-") as temp, broker() as admin:
+        folder = Path(temp)
+        args, env = system.command(queue, prefetch, folder)
+        process = start(args, folder / "consumer.log", env)
+        try:
+            wait_until(lambda: admin.consumers(queue) >= 1, 60, f"{key} consumer ready",
+                       process=process)
+            marker = folder / "last-job-done"
+            warm = publish_and_wait(system.kind, queue, WARM_UP_COUNT, marker, timeout)
+            count = int(min(MAX_COUNT, max(MIN_COUNT, warm * seconds)))
+            rates = [publish_and_wait(system.kind, queue, count, marker, timeout)
+                     for _ in range(repetitions)]
+        except Exception:
+            log.error("%s consumer log:\n%s", key,
+                      (folder / "consumer.log").read_text(errors="replace")[-3000:])
+            raise
+        finally:
+            stop(process)
+            admin.delete_own_queues(tag, system.queues(queue))
+            admin.delete_own_exchanges(tag, system.exchanges(queue))
+    log.info("%s prefetch %d: %.0f jobs/s (runs of %d: %s)", key, prefetch, median(rates),
+             count, ", ".join(f"{rate:.0f}" for rate in rates))
+    return {"system": key, "label": system.label, "prefetch": prefetch, "count": count,
+            "runs": rates, "jobs_per_s": median(rates)}
