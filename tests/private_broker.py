@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
@@ -218,6 +219,23 @@ class PrivateBroker:
         if result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl eval failed: {result.stderr or result.stdout}")
         return result.stdout.strip()
+
+    @contextlib.contextmanager
+    def rabbit_env(self, **values: int) -> Iterator[None]:
+        """Set `rabbit` application settings at run time (channels opened from now on
+        see them), and put the old values back afterwards."""
+        before = {key: self.eval(f"application:get_env(rabbit, {key}).") for key in values}
+        for key, value in values.items():
+            self.eval(f"application:set_env(rabbit, {key}, {value}).")
+        try:
+            yield
+        finally:
+            for key, old in before.items():
+                if old == "undefined":
+                    self.eval(f"application:unset_env(rabbit, {key}).")
+                else:  # {ok,1800000}
+                    self.eval(f"application:set_env(rabbit, {key}, "
+                              f"{old.removeprefix('{ok,').removesuffix('}')}).")
 
     def log(self) -> str:
         path = self.base / "log" / f"{self.node}.log"

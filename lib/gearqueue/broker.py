@@ -8,6 +8,7 @@ once, in order, so several URLs fail over between brokers.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import ssl
 from collections.abc import Iterator
@@ -71,6 +72,23 @@ def connect(settings: Settings, job_type: str, name: str = "gearqueue"
         except CONNECTION_ERRORS as error:
             errors.append(f"{mask_url(url)}: {type(error).__name__} {error}")
     raise BrokerUnavailable("no broker reachable: " + "; ".join(errors))
+
+
+def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
+    """The broker's version from the connection handshake, e.g. (3, 10, 8); () if unknown.
+
+    Features differ by version (x-consumer-timeout needs 3.12), and the handshake is
+    the one place every client sees it, without management rights.
+    """
+    raw = (connection._impl.server_properties or {}).get("version", "")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    numbers = []
+    for part in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
 
 
 @contextlib.contextmanager

@@ -22,11 +22,32 @@ import pika
 from pika.spec import Basic, BasicProperties
 
 from . import topology
-from .broker import close_quietly, connect, converted_errors
+from .broker import close_quietly, connect, converted_errors, server_version
 from .config import ServiceSettings, Settings
 from .errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
+
+
+#: x-consumer-timeout is this much above time_limit, so our own hard limit acts first.
+CONSUMER_TIMEOUT_MARGIN = 60.0
+#: The first broker release that takes x-consumer-timeout as a consumer argument.
+CONSUMER_TIMEOUT_SINCE = (3, 12)
+
+
+def consumer_arguments(service: ServiceSettings, version: tuple[int, ...]
+                       ) -> dict[str, Any] | None:
+    """basic.consume arguments: x-consumer-timeout where the broker supports it.
+
+    The broker closes the channel of a delivery unacked for longer than its
+    consumer_timeout (30 min by default), and the job is delivered again. With a
+    time_limit, a 3.12+ broker is told to wait until just past it. Older ones do not
+    know the argument, so it is not sent to them: there the broker-wide value must
+    be above the longest time_limit (install.sh sets it; `gearqueue doctor` checks).
+    """
+    if service.time_limit and version >= CONSUMER_TIMEOUT_SINCE:
+        return {"x-consumer-timeout": int((service.time_limit + CONSUMER_TIMEOUT_MARGIN) * 1000)}
+    return None
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,8 @@ class Session:
                 self.replies = self.connection.channel()
                 self.consume_channel.add_on_cancel_callback(self._on_cancel)
                 self.consumer_tag = self.consume_channel.basic_consume(
-                    service.queue, self._on_message, auto_ack=False)
+                    service.queue, self._on_message, auto_ack=False,
+                    arguments=consumer_arguments(service, server_version(self.connection)))
         except BaseException:
             close_quietly(self.connection)
             raise

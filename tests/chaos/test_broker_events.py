@@ -45,17 +45,8 @@ def test_basic_cancel_mid_job_still_settles_the_job_then_consumes_again(
 @pytest.fixture
 def short_consumer_timeout(broker: PrivateBroker) -> Iterator[int]:
     """consumer_timeout of 3 s, checked every 0.5 s, on channels opened from now on."""
-    before = {key: broker.eval(f"application:get_env(rabbit, {key}).")
-              for key in ("consumer_timeout", "channel_tick_interval")}
-    broker.eval("application:set_env(rabbit, consumer_timeout, 3000).")
-    broker.eval("application:set_env(rabbit, channel_tick_interval, 500).")
-    yield 3
-    for key, value in before.items():
-        if value == "undefined":
-            broker.eval(f"application:unset_env(rabbit, {key}).")
-        else:  # {ok,1800000}
-            broker.eval(f"application:set_env(rabbit, {key}, "
-                        f"{value.removeprefix('{ok,').removesuffix('}')}).")
+    with broker.rabbit_env(consumer_timeout=3000, channel_tick_interval=500):
+        yield 3
 
 
 def test_channel_closed_by_consumer_timeout_mid_job_loses_nothing_and_runs_it_once(
