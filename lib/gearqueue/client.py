@@ -8,9 +8,11 @@ caller's process and no broker is contacted at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pika
@@ -24,6 +26,7 @@ from .errors import (
     BatchPublishError,
     BrokerUnavailable,
     InvalidMessage,
+    PublishError,
     PublishNacked,
     QueueFull,
     ReplyTimeout,
@@ -73,8 +76,9 @@ class Client:
         if not self.settings.service(job_type).queue_enabled:
             self._run_in_process(job_type, job_id, payload)
             return job_id
-        self._record_queued(job_type, job_id)
-        self._publish(job_type, job_id, body, priority=priority)
+        created = self._record_queued(job_type, job_id)
+        with self._refused_unless_queued(job_type, job_id, created):
+            self._publish(job_type, job_id, body, priority=priority)
         return job_id
 
     def submit_many(self, job_type: str, payloads: list[dict[str, Any]]) -> list[str]:
@@ -116,7 +120,7 @@ class Client:
         if not service.queue_enabled:
             return self._run_in_process(job_type, job_id, payload)
         timeout = service.reply_timeout if timeout is None else timeout
-        self._record_queued(job_type, job_id)
+        created = self._record_queued(job_type, job_id)
         if service.max_length:
             # A full queue refuses with a nack (QueueFull), which only a confirm tells.
             channel = self._channel_for(job_type)
@@ -124,7 +128,8 @@ class Client:
                 with converted_errors("listening for replies"):
                     channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
                 self._consuming_replies = True
-            self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
+            with self._refused_unless_queued(job_type, job_id, created):
+                self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
         else:
             self._publish_request(job_type, job_id, body)
         deadline = time.monotonic() + timeout
@@ -177,10 +182,29 @@ class Client:
                                                           isolated=False)
         return runner.execute(job_id, payload, fresh=True).reply
 
-    def _record_queued(self, job_type: str, job_id: str) -> None:
+    def _record_queued(self, job_type: str, job_id: str) -> bool:
+        """Record the job as queued unless it has a record; True if this created it."""
         store = StateStore(self.settings.paths.state_dir, job_type)
         if store.get(job_id) is None:
             store.put(JobRecord(job_id, job_type, JobStatus.QUEUED))
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def _refused_unless_queued(self, job_type: str, job_id: str, created: bool
+                               ) -> Iterator[None]:
+        """A publish the broker refused (full queue, nack, unroutable) is not queued:
+        the record this call created says so, rather than 'queued' for ever. (After
+        BrokerUnavailable it may have been queued, so the record is left alone.)"""
+        try:
+            yield
+        except PublishError as error:
+            if created:
+                StateStore(self.settings.paths.state_dir, job_type).update(
+                    job_id, status=JobStatus.FAILED, error={
+                        "class": type(error).__name__, "message": str(error),
+                        "traceback": None, "attempt": 0})
+            raise
 
     def _channel_for(self, job_type: str) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
