@@ -133,3 +133,14 @@ class UnknownJob(GearError):
 
 class NotInDeadQueue(UnknownJob):
     """No message with that job id is in the dead queue of its job type."""
+
+
+# --- systemd ---------------------------------------------------------------------
+
+
+class SystemdUnavailable(GearError):
+    """systemd is not the init system here, so there are no units to scale."""
+
+
+class SystemctlFailed(GearError):
+    """A `systemctl` call failed (its stderr is in the message)."""
