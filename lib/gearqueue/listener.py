@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from . import exitcodes
+from . import exitcodes, testhook
 from .config import load_settings
 from .consumer import Consumer
 from .errors import ConfigError, GearError, TopologyMismatch
@@ -33,6 +33,7 @@ def run_consumer(job_type: str, argv: list[str] | None = None) -> int:
     setup_logging(identifier)
     stop = StopRequest()
     stop.install()
+    testhook.install()  # no-op unless a test sets GEAR_TEST_HANG_ON_SIGUSR2=1
     try:
         settings = load_settings(args.config)
         consumer = Consumer(settings, job_type, identifier=identifier, stop=stop)
