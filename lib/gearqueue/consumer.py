@@ -161,7 +161,11 @@ class Consumer:
                     raise broker_lost  # result is stored; the redelivery replies from it
                 return outcome
             elapsed = self.executor.elapsed()
-            self.notifier.status(f"job {job_id} running {elapsed:.0f} s")
+            status = f"job {job_id} running {elapsed:.0f} s"
+            if self.stop.requested:  # SIGTERM: say so now, not only once the job is done
+                self.notifier.stopping(f"{status}, stopping after it")
+            else:
+                self.notifier.status(status)
             self.notifier.watchdog()
             if self.stop.immediate:
                 self.executor.kill()

@@ -16,6 +16,7 @@ class Notifier:
     def __init__(self) -> None:
         self._enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._last_status = ""
+        self._stopping = False
         interval_us = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog_pid = os.environ.get("WATCHDOG_PID")
         if watchdog_pid and watchdog_pid != str(os.getpid()):
@@ -43,6 +44,12 @@ class Notifier:
             self._notify(f"STATUS={status}")
 
     def stopping(self, status: str = "stopping") -> None:
+        """STOPPING=1 once, with a STATUS; later calls only update the STATUS."""
+        if self._stopping:
+            self.status(status)
+            return
+        self._stopping = True
+        self._last_status = status
         self._notify(f"STOPPING=1\nSTATUS={status}")
 
     def watchdog(self) -> None:
