@@ -157,3 +157,37 @@ def test_memory_cap_recycles_a_grown_child_and_kills_a_runaway_one(
     assert log.count("passed twice max_memory_mb (150 MiB) and it was killed") == 2
     assert fleet.alive(consumer) and fleet.readiness(consumer) == 1
     feeder.close()
+
+
+def test_max_jobs_per_child_recycles_the_child_between_jobs(
+        chaos_config, broker, fleet: Fleet) -> None:
+    config = chaos_config(echo_service={"max_jobs_per_child": 3})
+    ledger = Ledger.of(config)
+    consumer = fleet.start(config, "1")
+    feeder = Feeder(broker.url, config)
+    job_ids = [f"job-{number}" for number in range(7)]
+    for job_id in job_ids:
+        feeder.publish(job_id, {"data": job_id, "mark": True})
+    wait_until(lambda: ledger.count(job_ids, JobStatus.SUCCEEDED) == 7, timeout=30,
+               what="7 jobs done", tick=feeder.pump)
+    log = consumer.log()
+    assert log.count("recycling the executor child: 3 jobs done (max_jobs_per_child)") == 2
+    assert len(set(CHILD_READY.findall(log))) == 3
+    assert sorted(ledger.marks()) == sorted(job_ids)
+    feeder.close()
+
+
+def test_rate_limit_spaces_the_starts_of_jobs(chaos_config, broker, fleet: Fleet) -> None:
+    config = chaos_config(echo_service={"rate_limit": 5, "prefetch": 10})
+    ledger = Ledger.of(config)
+    fleet.start(config, "1")
+    feeder = Feeder(broker.url, config)
+    job_ids = [f"job-{number}" for number in range(10)]
+    for job_id in job_ids:
+        feeder.publish(job_id, {"data": job_id})
+    started = time.monotonic()
+    wait_until(lambda: ledger.count(job_ids, JobStatus.SUCCEEDED) == 10, timeout=30,
+               what="10 jobs done", tick=feeder.pump, poll=0.02)
+    # 10 starts at most 5 per second: at least 9 gaps of 0.2 s.
+    assert 1.8 <= time.monotonic() - started < 6
+    feeder.close()
