@@ -39,10 +39,15 @@ class REngine:
     def start(self) -> None:
         if self._env is not None:
             return
-        import rpy2.rinterface as ri
-        from rpy2.rinterface_lib import callbacks
+        try:
+            import rpy2.rinterface as ri
+            from rpy2.rinterface_lib import callbacks
 
-        ri.initr_simple()
+            ri.initr_simple()
+        except (ImportError, OSError, RuntimeError) as error:
+            raise ConfigError(f"cannot start R through rpy2 ({error}); install R and rpy2 "
+                              f"(see docs/projectr.md) and set R_HOME, or choose the "
+                              f"'numpy' ProjectR engine") from None
         # R's console output goes to our log, not to stdout.
         callbacks.consolewrite_print = lambda text: log.info("R: %s", text.rstrip())
         callbacks.consolewrite_warnerror = lambda text: log.warning("R: %s", text.rstrip())
