@@ -76,8 +76,12 @@ class ProjectRJob(Job[ProjectRRequest]):
                  context: JobContext) -> dict[str, Any]:
         started = time.monotonic()
         paths = self.settings.paths
-        target = open_target(paths.datasets_dir, request.dataset_id)
         fields: dict[str, Any] = {"projection_id": request.projection_id}
+        try:
+            target = open_target(paths.datasets_dir, request.dataset_id)
+        except JobError as error:
+            error.reply_fields = {**fields, **error.reply_fields}
+            raise
         try:
             cart = read_cart(paths.carts_dir, request.genecart_id, request.scope)
             match = match_genes(target.gene_ids, cart.gene_ids)
