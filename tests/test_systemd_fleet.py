@@ -320,6 +320,25 @@ def test_a_config_error_stops_the_instance_instead_of_restarting_it(fleet: Fleet
     assert "unknown key" in journal_text(fleet, "-u", "echo-consumer@1.service")
 
 
+def test_a_crash_loop_hits_the_start_limit_and_a_target_restart_clears_it(
+        fleet: Fleet) -> None:
+    # A consumer that dies at once (exit 1, worth a restart), restarted without delay.
+    fleet.add_dropin("echo-consumer@.service", "[Service]\nExecStart=\n"
+                     "ExecStart=/bin/sh -c 'exit 1'\nRestartSec=0.1\n")
+    fleet.ns.systemctl("start", "echo-consumer@1.service", check=False)
+    fleet.ns.wait_for(lambda: "Start request repeated too quickly" in journal_text(
+        fleet, "-u", "echo-consumer@1.service"), "the start limit", timeout=20)
+    state = fleet.show("echo-consumer@1.service")
+    assert (state["ActiveState"], state["NRestarts"]) == ("failed", "5")
+    time.sleep(1)
+    assert fleet.show("echo-consumer@1.service")["ActiveState"] == "failed"  # for good
+
+    fleet.ns.run("rm", "/etc/systemd/system/echo-consumer@.service.d/zz-test.conf")
+    fleet.ns.systemctl("daemon-reload")
+    fleet.ns.systemctl("restart", "echo-consumer.target")
+    fleet.wait_running("echo", 2)
+
+
 # --- upgrade and uninstall (last: it removes the installation) ------------------------------
 
 
