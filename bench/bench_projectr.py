@@ -107,7 +107,7 @@ def child(method: str, genes: int, samples: int, patterns: int, h5ad: str | None
     return {"method": method, "genes": genes, "samples": samples, "patterns": patterns,
             "seconds": seconds, "peak_rss_bytes": status_kib("VmHWM") * 1024,
             "rss_before_bytes": before * 1024, "input_bytes": genes * samples * 8,
-            "checksum": float(np.nansum(coef)),
+            "checksum": float(np.nansum(coef)), "load_average": os.getloadavg()[0],
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
 
 

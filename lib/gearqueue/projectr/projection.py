@@ -75,10 +75,10 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
             elif algorithm in FILL_NAN_WITH_ZERO:
                 np.copyto(data, 0.0, where=np.isnan(data))
             elif algorithm == "pca_centered":
-                centred_na = centred_na or not np.isfinite(data).all()
+                centred_na = centred_na or len(nonfinite_rows(data)) > 0
             incomplete = np.empty(0, dtype=np.int64)
             if algorithm in KEEP_MISSING and scaling is None:
-                incomplete = np.flatnonzero(~np.isfinite(data).all(axis=1))
+                incomplete = nonfinite_rows(data)
                 incomplete_samples += len(incomplete)
             result = engine.project(fit, data, incomplete)
             coef[:, start:stop] = result.coef
@@ -96,6 +96,20 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
     return ProjectionResult(coef=coef, pval=pval, not_estimable=fit.not_estimable,
                             incomplete_samples=incomplete_samples, na_samples=na_samples,
                             centred_na=centred_na)
+
+
+def nonfinite_rows(data: np.ndarray) -> np.ndarray:
+    """Rows (samples) holding a NaN or an infinity.
+
+    A row sum is non-finite exactly when the row holds one, or when finite values
+    overflow; so only the rows whose sum is not finite are checked value by value. One
+    pass with no samples x genes temporary, instead of np.isfinite's boolean copy.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflow: suspects
+        suspects = np.flatnonzero(~np.isfinite(data.sum(axis=1)))
+    if not len(suspects):
+        return suspects
+    return suspects[~np.isfinite(data[suspects]).all(axis=1)]
 
 
 def gene_scaling(target: Target, genes: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
