@@ -4,7 +4,8 @@
 #   ./install.sh --dev          venv in ./.venv, ./gear.ini with data under ./var, and a local
 #                               RabbitMQ broker if none answers at the configured URL
 #   ./install.sh [--prefix DIR] production (root, systemd): user and group `gear`, a venv and
-#                               the listeners under DIR (default /opt/gear), /etc/gear/gear.ini
+#                               the listeners under DIR (default /opt/gear), the `gearqueue`
+#                               command in /usr/local/bin, /etc/gear/gear.ini
 #                               from the example if absent, data under /var/lib/gear, the
 #                               systemd units with real paths; enables the targets and each
 #                               type's `workers` instances. Starts nothing: see docs/operations.md
@@ -134,6 +135,7 @@ PREFIX=/opt/gear
 CONFIG=/etc/gear/gear.ini
 DATA_DIR=/var/lib/gear
 UNIT_DIR=/etc/systemd/system
+BIN_LINK=/usr/local/bin/gearqueue
 GEAR_USER=gear
 TYPES=(projectr dataset-import export echo)
 # First line of every file we install, so --uninstall removes ours and nothing else.
@@ -244,6 +246,7 @@ install_production() {
     touch "$PREFIX/.gearqueue-install"
     PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,systemd" copy
     install -m 0755 "$HERE"/listeners/*_consumer.py "$PREFIX/listeners/"
+    ln -sfn "$PREFIX/venv/bin/gearqueue" "$BIN_LINK"
     install -m 0644 "$HERE/gear.ini.example" "$HERE"/docs/*.md "$PREFIX/share/doc/"
     ensure_config
     ensure_data_dirs
@@ -271,6 +274,7 @@ uninstall_production() {
     rmdir "$UNIT_DIR"/*-consumer@.service.d "$UNIT_DIR"/*-consumer.target.wants 2>/dev/null || true
     systemctl daemon-reload
     systemctl reset-failed "${TYPES[@]/%/-consumer@*}" "${TYPES[@]/#/gear-scale@}" 2>/dev/null || true
+    [[ $(readlink "$BIN_LINK" 2>/dev/null) == "$PREFIX"/* ]] && rm -f "$BIN_LINK"
     if [[ -f $PREFIX/.gearqueue-install ]]; then
         rm -rf "$PREFIX"
         log "removed $PREFIX"
@@ -283,7 +287,7 @@ main() {
     while (($#)); do
         case $1 in
             --dev) install_dev; return ;;
-            -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; return ;;
+            -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; return ;;
             --prefix) [[ -n ${2:-} ]] || die "--prefix needs a folder"
                       PREFIX=$(realpath -m "$2"); shift ;;
             --uninstall) mode=uninstall ;;

@@ -1,10 +1,11 @@
 """gearqueue installed by install.sh's production mode inside a real systemd (systemd_ns).
 
-The namespace gets copy-on-write overlays over /etc, /opt and /var/lib, so install.sh
-really creates the user, /opt/gear, /etc/gear/gear.ini, /var/lib/gear and the units,
-and none of it reaches the host: the overlays' upper folders live in a temp folder that
-is deleted afterwards. Tests then play operator with systemctl, journalctl, gear.ini
-and `gearqueue`, and publish jobs the way gEAR's web API does (tests/amqp.py).
+The namespace gets copy-on-write overlays over /etc, /opt, /var/lib and /usr/local/bin, so
+install.sh really creates the user, /opt/gear, /etc/gear/gear.ini, /var/lib/gear, the
+units and the `gearqueue` link, and none of it reaches the host: the overlays' upper
+folders live in a temp folder that is deleted afterwards. Tests then play operator with
+systemctl, journalctl, gear.ini and `gearqueue`, and publish jobs the way gEAR's web API
+does (tests/amqp.py).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def installed_fleet() -> Iterator[Fleet]:
     """Boot, run install.sh (production), yield; power off and delete everything after."""
     sweep_stale_state()
     state = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-"))
-    namespace = SystemdNamespace(state / "ns", overlays=("/etc", "/opt", "/var/lib"))
+    namespace = SystemdNamespace(
+        state / "ns", overlays=("/etc", "/opt", "/var/lib", "/usr/local/bin"))
     fleet = Fleet(namespace)
     try:
         namespace.up()

@@ -31,6 +31,10 @@ CGROUP_PREFIX = "gearqueue-test-"
 #: Commands we run inside are not children of its systemd: drop the same capabilities.
 DROP_CAPS = "-sys_module,-sys_time,-net_admin,-audit_control,-audit_write,-audit_read"
 PR_SET_PDEATHSIG = 1
+#: Not passed to commands inside: they would point them at the test process's libraries
+#: (rpy2 sets LD_LIBRARY_PATH when a test loads R) or at its systemd sockets.
+PRIVATE_ENV = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV",
+               "R_HOME", "NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class NamespaceError(AssertionError):
@@ -188,7 +192,8 @@ class SystemdNamespace:
             ["nsenter", "-t", str(self.pid), "-m", "-p", "-u", "-i", "--wd=/", "--",
              "setpriv", "--bounding-set", DROP_CAPS, "--", *command],
             input=input, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", **(env or {})})
+            env={**{k: v for k, v in os.environ.items() if k not in PRIVATE_ENV},
+                 "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "", **(env or {})})
         if check and result.returncode != 0:
             raise NamespaceError(f"{' '.join(command)} exited {result.returncode}:\n"
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -46,6 +46,8 @@ def test_install_creates_the_user_config_data_and_units_with_real_paths(fleet: F
     ns = fleet.ns
     assert ns.run("getent", "passwd", "gear").stdout.split(":")[6].strip() == "/usr/sbin/nologin"
     assert ns.run("stat", "-c", "%a %U %G", CONFIG).stdout.split() == ["640", "root", "gear"]
+    assert ns.run("readlink", "/usr/local/bin/gearqueue").stdout.strip() == \
+        f"{PREFIX}/venv/bin/gearqueue"
     owners = ns.run("stat", "-c", "%U:%G %n", *(f"/var/lib/gear/{name}" for name in (
         "state", "datasets", "carts", "projections", "uploads", "exports"))).stdout
     assert owners.count("gear:gear") == 6
@@ -356,6 +358,7 @@ def test_reinstall_changes_nothing_and_uninstall_leaves_config_and_data(fleet: F
     assert fleet.running("echo") == []
     assert ns.run("sh", "-c", f"ls {UNIT_DIR} | grep -E 'consumer|gear' || true").stdout == ""
     assert ns.run("test", "-e", PREFIX, check=False).returncode == 1
+    assert ns.run("test", "-e", "/usr/local/bin/gearqueue", check=False).returncode == 1
     ns.run("test", "-f", CONFIG)
     ns.run("test", "-d", "/var/lib/gear/projections")
     assert ns.run("pgrep", "-u", "gear", check=False).returncode == 1
