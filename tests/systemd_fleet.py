@@ -55,9 +55,9 @@ class Fleet:
     def queue(self, job_type: str) -> str:
         return f"{self.tag}.{job_type}_jobs"
 
-    def write_config(self, **services: dict[str, object]) -> None:
+    def write_config(self, url: str = BROKER_URL, **services: dict[str, object]) -> None:
         """/etc/gear/gear.ini as an operator would write it; `echo={"workers": 3}`."""
-        lines = ["[rabbitmq]", f"url = {BROKER_URL}", "heartbeat = 10", ""]
+        lines = ["[rabbitmq]", f"url = {url}", "heartbeat = 10", "reconnect_max_delay = 1", ""]
         for job_type in JOB_TYPES:
             values = {"queue": self.queue(job_type), "retry_backoff": 0.2,
                       **services.get(job_type, {})}

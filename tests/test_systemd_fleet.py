@@ -311,6 +311,14 @@ def test_gearqueue_scale_starts_or_stops_instances_and_saves_workers(fleet: Flee
     fleet.wait_running("echo", 1)
 
 
+def test_without_a_broker_an_instance_is_not_ready_and_says_it_reconnects(
+        fleet: Fleet) -> None:
+    fleet.write_config(url="amqp://guest:guest@127.0.0.1:1/%2F")  # nothing listens there
+    fleet.ns.systemctl("start", "--no-block", "echo-consumer@1.service")
+    fleet.wait_status("echo-consumer@1.service", "reconnecting to broker (attempt 2)")
+    assert fleet.show("echo-consumer@1.service")["ActiveState"] == "activating"
+
+
 def test_a_config_error_stops_the_instance_instead_of_restarting_it(fleet: Fleet) -> None:
     fleet.write_config(echo={"no_such_key": 1})
     fleet.ns.systemctl("start", "echo-consumer@1.service", check=False)
