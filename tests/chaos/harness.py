@@ -118,6 +118,17 @@ class Feeder:
     def pump(self, seconds: float = 0.0) -> None:
         self.connection.process_data_events(time_limit=seconds)
 
+    def wait_replies(self, job_ids: Iterable[str], timeout: float = 30.0,
+                     linger: float = 0.5) -> None:
+        """Until every job has a reply, then `linger` more seconds to catch duplicates.
+
+        A job's state is stored before its reply is sent: a test that saw the state
+        must still wait for the reply."""
+        wanted = list(job_ids)
+        wait_until(lambda: all(job_id in self.replies for job_id in wanted), timeout,
+                   f"replies to {len(wanted)} jobs", tick=lambda: self.pump(0.05), poll=0.0)
+        self.pump(linger)
+
     def depth(self, queue: str) -> int:
         return self.channel.queue_declare(queue, passive=True).method.message_count
 

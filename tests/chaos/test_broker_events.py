@@ -27,10 +27,13 @@ def test_basic_cancel_mid_job_still_settles_the_job_then_consumes_again(
     # An operator deletes the queue under the consumer: the broker sends Basic.Cancel.
     with pika.BlockingConnection(broker.parameters()) as connection:
         connection.channel().queue_delete(feeder.service.queue)
+    # The job that ran when the cancel came is finished, stored and answered...
+    wait_until(lambda: "running" in feeder.replies, timeout=20,
+               what="a reply to the running job", tick=feeder.pump)
+    assert feeder.replies["running"] == [{"success": 1, "echo": "running", "attempt": 1}]
+    # ... and then the consumer subscribes again.
     wait_until(lambda: fleet.readiness(consumer) == 2, timeout=20,
                what="the consumer subscribed again", tick=feeder.pump)
-    # The job that ran when the cancel came was finished, stored and answered.
-    assert feeder.replies["running"] == [{"success": 1, "echo": "running", "attempt": 1}]
     assert "broker cancelled our consumer" in consumer.log()
     # The queue is back (declared again by the consumer) and served.
     feeder.publish("next", {"data": "next"})
@@ -59,7 +62,7 @@ def test_channel_closed_by_consumer_timeout_mid_job_loses_nothing_and_runs_it_on
     feeder.publish("long", {"data": "long", "sleep": short_consumer_timeout + 3, "mark": True})
     wait_until(lambda: "long" in feeder.replies, timeout=40, what="a reply to the long job",
                tick=feeder.pump)
-    feeder.pump(1.0)
+    feeder.pump(1.0)  # a second reply would come now
 
     assert "PRECONDITION_FAILED" in broker.log() or "timed out" in broker.log()
     log = consumer.log()

@@ -49,7 +49,7 @@ def test_sigkill_every_2_s_loses_nothing_and_repeats_no_effect(
 
     wait_until(lambda: ledger.count(job_ids, JobStatus.SUCCEEDED, JobStatus.FAILED) == JOBS,
                timeout=150, what=f"{JOBS} jobs finished", tick=chaos, poll=0.05)
-    feeder.pump(1.0)  # late replies, to see duplicates
+    feeder.wait_replies(job_ids, linger=1.0)  # and late ones, to see duplicates
 
     records = ledger.records(job_ids)
     marks = ledger.marks()
@@ -99,7 +99,7 @@ def test_a_job_that_crashes_the_executor_every_time_is_dead_lettered_after_max_r
     wait_until(lambda: ledger.count(["poison"], JobStatus.FAILED) == 1
                and ledger.count(job_ids, JobStatus.SUCCEEDED) == len(job_ids),
                timeout=60, what="poison dead and the others done", tick=feeder.pump)
-    feeder.pump(0.5)
+    feeder.wait_replies(["poison", *job_ids])
 
     poison = ledger.store.require("poison")
     assert poison.attempts == 4  # max_retries (3) + 1
@@ -138,7 +138,7 @@ def test_a_job_that_kills_its_consumer_every_time_is_dead_lettered_after_max_ret
         fleet.restart(consumer)
     wait_until(lambda: ledger.count(["killer"], JobStatus.FAILED) == 1, timeout=30,
                what="the killer job dead-lettered", tick=feeder.pump)
-    feeder.pump(0.5)
+    feeder.wait_replies(["killer"])
 
     record = ledger.store.require("killer")
     assert record.attempts == 4 and record.error is not None

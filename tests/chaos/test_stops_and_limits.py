@@ -46,7 +46,7 @@ def test_sigterm_mid_job_loses_nothing_and_runs_nothing_twice(
         exit_codes.append(fleet.terminate(victim, timeout=30))
         fleet.restart(victim)
         assert fleet.terms < 40, "jobs did not finish"
-    feeder.pump(0.5)
+    feeder.wait_replies(job_ids)
 
     records = ledger.records(job_ids)
     print(f"\nchaos 4: jobs {len(job_ids)} ({len(long_jobs)} of 2.5 s), SIGTERMs {fleet.terms} "
@@ -94,7 +94,7 @@ def test_hard_time_limit_kills_the_child_and_retries_and_the_consumer_stays_up(
     wait_until(lambda: ledger.count(["slow"], JobStatus.FAILED) == 1
                and ledger.count(["after"], JobStatus.SUCCEEDED) == 1,
                timeout=30, what="slow dead-lettered, after done", tick=feeder.pump)
-    feeder.pump(0.3)
+    feeder.wait_replies(["slow", "after"])
 
     slow = ledger.store.require("slow")
     assert slow.attempts == 2 and slow.error is not None
@@ -145,7 +145,7 @@ def test_memory_cap_recycles_a_grown_child_and_kills_a_runaway_one(
     wait_until(lambda: ledger.count(["grown", "after"], JobStatus.SUCCEEDED) == 2
                and ledger.count(["runaway"], JobStatus.FAILED) == 1,
                timeout=60, what="grown and after done, runaway dead", tick=feeder.pump)
-    feeder.pump(0.3)
+    feeder.wait_replies(["grown", "runaway", "after"])
 
     assert feeder.replies["grown"] == [{"success": 1, "echo": "grown", "attempt": 1}]
     runaway = ledger.store.require("runaway")
