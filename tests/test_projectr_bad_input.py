@@ -6,9 +6,16 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from projectr_fixtures import payload, run_job, write_cart, write_h5ad_target, write_text_target
+from projectr_fixtures import (
+    context,
+    payload,
+    run_job,
+    write_cart,
+    write_h5ad_target,
+    write_text_target,
+)
 
-from gearqueue.errors import InvalidMessage
+from gearqueue.errors import InvalidMessage, TransientJobError
 from gearqueue.jobs.projectr import ProjectRJob
 
 GENES = ["a", "b", "c", "d"]
@@ -216,3 +223,15 @@ def test_gear_publisher_fields_and_unknown_fields_are_accepted(job, good_inputs)
     assert reply["success"] == 1, reply
     flags = run_job(job, payload(algorithm="pca", zscore="false", full_output=0))
     assert flags["success"] == 1, flags
+
+
+def test_missing_projections_folder_is_transient_and_not_created(settings, good_inputs):
+    root = settings.paths.projections_dir
+    root.rmdir()
+    job = ProjectRJob(settings)
+    reply = failure(job)
+    assert reply["message"] == (f"the projections folder {root} does not exist ([paths] "
+                                f"projections_dir)")
+    assert not root.exists()
+    with pytest.raises(TransientJobError):
+        job.run(job.validate(payload()), context(settings))

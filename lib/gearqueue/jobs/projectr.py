@@ -18,7 +18,7 @@ from ..projectr import locks
 from ..projectr.carts import Loadings, read_cart
 from ..projectr.engine import DEFAULT_ENGINE, Engine, make_engine
 from ..projectr.matching import check_matched_loadings, match_genes
-from ..projectr.outputs import ProjectionFiles, find_complete, publish
+from ..projectr.outputs import ProjectionFiles, find_complete, publish, require_root
 from ..projectr.projection import CHUNK_BYTES, ProjectionResult, project
 from ..projectr.request import LEAST_SQUARES, ProjectRRequest, parse_request
 from ..projectr.targets import open_target
@@ -59,6 +59,7 @@ class ProjectRJob(Job[ProjectRRequest]):
         files = ProjectionFiles(self.settings.paths.projections_dir, request.dataset_id,
                                 request.genecart_id, request.projection_id)
         needs_pval = request.full_output and request.algorithm == "nmf"
+        require_root(files)  # before the lock file's folder is created under it
         done = find_complete(files, request.algorithm, request.zscore, needs_pval)
         if done is None:
             with locks.exclusive(files.lock, purpose=f"projection {request.projection_id}"):

@@ -63,6 +63,13 @@ class ProjectionFiles:
         return self.dataset_dir / f".{self.projection_id}.lock"
 
 
+def require_root(files: ProjectionFiles) -> None:
+    """The projections folder must exist: never create a data root on a wrong disk."""
+    if not files.projections_dir.is_dir():
+        raise TransientJobError(f"the projections folder {files.projections_dir} does not "
+                                f"exist ([paths] projections_dir)")
+
+
 def entry_algorithm(entry: dict[str, Any]) -> str | None:
     """An entry's algorithm; gEAR's oldest entries say is_pca instead."""
     if "algorithm" in entry:
@@ -95,9 +102,7 @@ def publish(files: ProjectionFiles, sample_ids: list[str], pattern_names: list[s
     Called under the projection's lock, so temp files left by a killed writer of the same
     projection can be removed.
     """
-    if not files.projections_dir.is_dir():  # never create the data root on a wrong disk
-        raise TransientJobError(f"the projections folder {files.projections_dir} does not "
-                                f"exist ([paths] projections_dir)")
+    require_root(files)
     try:
         files.dataset_dir.mkdir(parents=True, exist_ok=True)
         for stale in files.dataset_dir.glob(f".{files.projection_id}.*.tmp"):
