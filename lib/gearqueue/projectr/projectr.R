@@ -126,5 +126,3 @@ gq_dot_chunk <- function(L, D) list(coef = crossprod(L, D))
 ## binary: per pattern, the matched genes with a non-zero weight that are non-zero in
 ## the sample (missing values were set to 0 before).
 gq_binary_chunk <- function(L, D) list(coef = crossprod(L != 0, D != 0))
-
-gq_buffer <- function(genes, samples) matrix(0, genes, samples)

@@ -76,9 +76,7 @@ class REngine:
     def buffer(self, samples: int, genes: int) -> np.ndarray:
         key = (samples, genes)
         if key not in self._buffers:
-            ri = self._ri
-            matrix = self._call("gq_buffer", ri.IntSexpVector([genes]),
-                                ri.IntSexpVector([samples]))
+            matrix = _uninitialised_matrix(genes, samples)
             view = np.asarray(matrix.memoryview()).T  # genes x samples F = samples x genes C
             if view.shape != key or not view.flags.c_contiguous or not view.flags.writeable:
                 raise RuntimeError(f"R buffer view has shape {view.shape}, flags {view.flags}")
@@ -132,6 +130,21 @@ class REngine:
                 raise TransientJobError(f"R ran out of memory in {function}: {message}") \
                     from None
             raise PermanentJobError(f"R failed in {function}: {message}") from None
+
+
+def _uninitialised_matrix(rows: int, columns: int) -> Any:
+    """A rows x columns R double matrix whose values are not set (the caller fills it):
+    R's matrix(0, ...) would write every value once more, for nothing."""
+    from rpy2.rinterface_lib import conversion, memorymanagement, openrlib
+
+    rlib = openrlib.rlib
+    with memorymanagement.rmemory() as rmemory:
+        vector = rmemory.protect(rlib.Rf_allocVector(rlib.REALSXP, rows * columns))
+        dims = rmemory.protect(rlib.Rf_allocVector(rlib.INTSXP, 2))
+        openrlib.INTEGER(dims)[0] = rows
+        openrlib.INTEGER(dims)[1] = columns
+        rlib.Rf_setAttrib(vector, rlib.R_DimSymbol, dims)
+        return conversion._cdata_to_rinterface(vector)  # preserved from here on
 
 
 def _names(value: Any) -> list[str]:
