@@ -94,9 +94,17 @@ class Fleet:
         return expected
 
     def wait_status(self, unit: str, prefix: str, timeout: float = 30.0) -> str:
-        return self.ns.wait_for(
-            lambda: (text := self.show(unit)["StatusText"]).startswith(prefix) and text,
-            f"{unit} STATUS starting with {prefix!r}", timeout=timeout, interval=0.05)
+        seen: list[str] = []
+
+        def status() -> str | None:
+            state = self.show(unit)
+            seen.append(f"{state['ActiveState']}/{state['SubState']}: {state['StatusText']}")
+            return state["StatusText"] if state["StatusText"].startswith(prefix) else None
+        try:
+            return self.ns.wait_for(status, f"{unit} STATUS starting with {prefix!r}",
+                                    timeout=timeout, interval=0.05)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last seen {seen[-1:]}") from None
 
     def consumers_on(self, job_type: str) -> int:
         connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
