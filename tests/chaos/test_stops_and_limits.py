@@ -3,7 +3,10 @@ and memory limits of the executor child."""
 
 from __future__ import annotations
 
+import datetime
+import itertools
 import random
+import re
 import time
 
 from gearqueue.client import Client
@@ -180,14 +183,18 @@ def test_max_jobs_per_child_recycles_the_child_between_jobs(
 def test_rate_limit_spaces_the_starts_of_jobs(chaos_config, broker, fleet: Fleet) -> None:
     config = chaos_config(echo_service={"rate_limit": 5, "prefetch": 10})
     ledger = Ledger.of(config)
-    fleet.start(config, "1")
+    consumer = fleet.start(config, "1")
     feeder = Feeder(broker.url, config)
     job_ids = [f"job-{number}" for number in range(10)]
     for job_id in job_ids:
         feeder.publish(job_id, {"data": job_id})
-    started = time.monotonic()
     wait_until(lambda: ledger.count(job_ids, JobStatus.SUCCEEDED) == 10, timeout=30,
-               what="10 jobs done", tick=feeder.pump, poll=0.02)
-    # 10 starts at most 5 per second: at least 9 gaps of 0.2 s.
-    assert 1.8 <= time.monotonic() - started < 6
+               what="10 jobs done", tick=feeder.pump)
+    # At most 5 starts per second: jobs of a few ms end about 0.2 s apart (without the
+    # limit all ten end within some 50 ms).
+    ends = [datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for stamp in re.findall(r"^(\S+ \S+) INFO .*: job job-\d+ succeeded",
+                                    consumer.log(), re.M)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ends)]
+    assert len(gaps) == 9 and all(gap >= 0.1 for gap in gaps) and sum(gaps) >= 1.6, gaps
     feeder.close()
