@@ -8,13 +8,15 @@ full jitter; the executor child survives a reconnect, so R stays loaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from . import settle
 from .backoff import full_jitter
 from .config import Settings
-from .envelope import decode_payload, envelope_of
+from .envelope import Envelope, decode_payload, envelope_of
 from .errors import (
     BrokerUnavailable,
     ExecutorCrashed,
@@ -39,6 +41,16 @@ JOB_POLL_SECONDS = 0.2
 IDLE_POLL_SECONDS = 1.0
 
 
+@dataclass(frozen=True)
+class EarlyStart:
+    """A delivery whose job the executor child already runs while the previous one settles."""
+
+    delivery: Delivery
+    envelope: Envelope
+    fresh: bool
+    started: float
+
+
 class Consumer:
     def __init__(self, settings: Settings, job_type: str, *, identifier: str,
                  stop: StopRequest | None = None, notifier: Notifier | None = None) -> None:
@@ -51,6 +63,7 @@ class Consumer:
         self.executor = Executor(settings, job_type, identifier)
         self.session: Session | None = None
         self._last_start = 0.0
+        self._early: EarlyStart | None = None
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -84,6 +97,7 @@ class Consumer:
                     if not self.stop.requested:
                         log.warning("lost the broker: %s; reconnecting", error)
                 finally:
+                    self._finish_early_start()
                     self.session.close()
         finally:
             self.notifier.stopping()
@@ -97,7 +111,11 @@ class Consumer:
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def _serve(self, session: Session) -> None:
-        while not self.stop.requested:
+        while not self.stop.requested or self._early is not None:
+            if self._early is not None:  # started already: it is the current job
+                early, self._early = self._early, None
+                self._handle(early.delivery, early)
+                continue
             if session.pending:
                 self._handle(session.pending.popleft())
                 continue
@@ -111,24 +129,26 @@ class Consumer:
 
     # --- one delivery ----------------------------------------------------------------
 
-    def _handle(self, delivery: Delivery) -> None:
-        envelope = envelope_of(delivery.properties, delivery.body)
-        fresh = not (delivery.redelivered or delivery.retried)
-        started = time.monotonic()
+    def _handle(self, delivery: Delivery, early: EarlyStart | None = None) -> None:
+        envelope = early.envelope if early else envelope_of(delivery.properties, delivery.body)
+        fresh = early.fresh if early else not (delivery.redelivered or delivery.retried)
+        started = early.started if early else time.monotonic()
         job_fields = fields(job_id=envelope.job_id, job_type=self.service.job_type,
                             queue=self.service.queue)
         try:
-            payload = decode_payload(delivery.properties, delivery.body,
-                                     self.service.max_message_bytes)
+            payload = None if early else decode_payload(
+                delivery.properties, delivery.body, self.service.max_message_bytes)
         except InvalidMessage as error:
             attempt = self._attempts_so_far(envelope.job_id) + 1
             outcome = record_failure(self.store, self.service.max_retries, envelope.job_id,
                                      Outcome.failure(error, settle.failure_reply(error), attempt))
         else:
-            self._respect_rate_limit()
+            if early is None:
+                self._respect_rate_limit()
             outcome = self._run_in_executor(envelope.job_id, payload, fresh, delivery)
             if outcome is None:  # immediate stop: the message went back to the queue
                 return
+            self._start_next_early(delivery.session)
         duration_ms = round((time.monotonic() - started) * 1000)
         settle.settle(self.session_for(delivery), self.service, delivery, envelope, outcome)
         log.info("job %s %s (attempt %d, %d ms)", envelope.job_id,
@@ -144,11 +164,46 @@ class Consumer:
             raise BrokerUnavailable("the session that received this job is gone")
         return delivery.session
 
-    def _run_in_executor(self, job_id: str, payload: dict[str, object], fresh: bool,
+    def _start_next_early(self, session: Session) -> None:
+        """Hand the next delivery to the child now, before this job is replied to and acked.
+
+        With prefetch > 1 the child then runs job N+1 while this thread settles job N,
+        instead of the two taking turns. Only a delivery that can run as it is: it
+        decodes, no rate limit or recycling is due, no stop was asked for. Job N+1's
+        attempt and result are stored by the child as always; job N's reply and ack
+        still follow its stored result.
+        """
+        if (not session.pending or self.stop.requested or self.service.rate_limit
+                or not self.executor.running or self.executor.needs_recycling()):
+            return
+        delivery = session.pending[0]
+        try:
+            payload = decode_payload(delivery.properties, delivery.body,
+                                     self.service.max_message_bytes)
+        except InvalidMessage:
+            return  # rejected in its turn, on the usual path
+        session.pending.popleft()
+        envelope = envelope_of(delivery.properties, delivery.body)
+        fresh = not (delivery.redelivered or delivery.retried)
+        self.executor.submit(envelope.job_id, payload, fresh)
+        self._early = EarlyStart(delivery, envelope, fresh, time.monotonic())
+
+    def _finish_early_start(self) -> None:
+        """The session died with a job started early: let it finish (its result is
+        stored; the redelivered message replies from it), then forget it."""
+        early, self._early = self._early, None
+        if early is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                self._run_in_executor(early.envelope.job_id, None, early.fresh,
+                                      early.delivery)
+
+    def _run_in_executor(self, job_id: str, payload: dict[str, object] | None, fresh: bool,
                          delivery: Delivery) -> Outcome | None:
-        if not self.executor.running:
-            self.executor.start(idle=self._keep_alive)
-        self.executor.submit(job_id, payload, fresh)
+        """Run a job (payload None: the child already runs it) and return its outcome."""
+        if payload is not None:
+            if not self.executor.running:
+                self.executor.start(idle=self._keep_alive)
+            self.executor.submit(job_id, payload, fresh)
         service = self.service
         broker_lost: BrokerUnavailable | None = None
         while True:
@@ -215,6 +270,8 @@ class Consumer:
         self._last_start = time.monotonic()
 
     def _recycle_if_needed(self) -> None:
+        if self._early is not None:  # the child is busy; it is recycled after that job
+            return
         reason = self.executor.needs_recycling()
         if reason:
             log.info("recycling the executor child: %s", reason)
