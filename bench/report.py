@@ -73,26 +73,30 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _projectr_rows(projectr: Any) -> list[tuple[str, str, str]]:
-    """ProjectR figures as bench_projectr.py wrote them (its JSON is its own)."""
+    """ProjectR figures from bench_projectr.py's JSON: one row per method and size,
+    seconds against NumPy's QR least squares and peak RSS against the dense input."""
     if projectr is None:
         return []
-    if isinstance(projectr, dict) and "error" in projectr:
+    if "error" in projectr:
         return [("[5] ProjectR (bench_projectr.py)", "n/a", str(projectr["error"])[:100])]
-    rows = projectr.get("rows") if isinstance(projectr, dict) else projectr
-    if not isinstance(rows, list):
-        rows = [{"figure": key, "value": value} for key, value in projectr.items()]
-    result = []
-    for row in rows:
-        if not isinstance(row, dict):
-            result.append(("[5] ProjectR", str(row), ""))
+    records = projectr.get("results", [])
+    qr = {record["samples"]: record["seconds"] for record in records
+          if record.get("method") == "numpy_qr" and "seconds" in record}
+    genes, patterns = projectr.get("genes"), projectr.get("patterns")
+    rows = []
+    for record in records:
+        label = (f"[5] ProjectR nmf {genes} x {record.get('samples')} x {patterns}, "
+                 f"{record.get('method')}")
+        if "seconds" not in record:
+            rows.append((label, "failed", str(record.get("error", ""))[-80:]))
             continue
-        label = str(row.get("label") or row.get("name") or row.get("figure") or "")
-        values = {key: value for key, value in row.items()
-                  if key not in ("label", "name", "figure")}
-        text = ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else
-                         f"{key} {value}" for key, value in values.items())
-        result.append((f"[5] ProjectR {label}".rstrip(), text[:60], text[60:140]))
-    return result
+        base = qr.get(record["samples"])
+        ratio = f"{record['seconds'] / base:.2f}x NumPy QR" if base else ""
+        rss = record["peak_rss_bytes"] / record["input_bytes"]
+        rows.append((label, f"{record['seconds']:.2f} s",
+                     f"{ratio}; peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB = "
+                     f"{rss:.2f}x input"))
+    return rows
 
 
 def table(results: dict[str, Any]) -> str:

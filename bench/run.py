@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import platform
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -65,11 +67,12 @@ def run_projectr(quick: bool) -> dict[str, Any]:
         return {"error": "bench/bench_projectr.py is not there yet"}
     usage = subprocess.run([PYTHON, str(script), "--help"], capture_output=True, text=True,
                            cwd=ROOT, timeout=120, check=False).stdout
+    flags = set(re.findall(r"--[a-z][a-z-]*", usage))
     args = [PYTHON, str(script)]
-    if quick and "--quick" in usage:
+    if quick and "--quick" in flags:
         args.append("--quick")
-    for flag in ("--out", "--output", "--json"):
-        if flag in usage:
+    for flag in ("--output", "--out", "--json"):
+        if flag in flags:
             args += [flag, str(output)]
             break
     started = time.time()
@@ -91,6 +94,9 @@ def main() -> int:
     parser.add_argument("--systems", default=",".join(throughput.SYSTEMS),
                         help="throughput systems to run")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every `finally` stops its consumer and deletes its
+    # queues (they run in process groups of their own and would outlive us).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(logging.ERROR)
     # This sandbox sets PYTHONDONTWRITEBYTECODE; then every spawned executor child would

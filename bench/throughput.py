@@ -15,6 +15,7 @@ import json
 import logging
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,11 @@ from bench.common import (
 
 log = logging.getLogger(__name__)
 
-WARM_UP_COUNT = 200
-MIN_COUNT, MAX_COUNT = 300, 30000
+WARM_UP_COUNT = 100
+MIN_COUNT, MAX_COUNT = 50, 30000
+#: Past this many seconds of runs, stop after the third: a system that stalls (Celery's
+#: solo pool, see docs/performance.md) would otherwise take most of the bench's time.
+RUNS_BUDGET_SECONDS = 90.0
 
 
 @dataclass(frozen=True)
@@ -126,8 +130,11 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
             marker = folder / "last-job-done"
             warm = publish_and_wait(system.kind, queue, WARM_UP_COUNT, marker, timeout)
             count = int(min(MAX_COUNT, max(MIN_COUNT, warm * seconds)))
-            rates = [publish_and_wait(system.kind, queue, count, marker, timeout)
-                     for _ in range(repetitions)]
+            rates: list[float] = []
+            runs_started = time.monotonic()
+            while len(rates) < repetitions and (
+                    len(rates) < 3 or time.monotonic() - runs_started < RUNS_BUDGET_SECONDS):
+                rates.append(publish_and_wait(system.kind, queue, count, marker, timeout))
         except Exception:
             log.error("%s consumer log:\n%s", key,
                       (folder / "consumer.log").read_text(errors="replace")[-3000:])
@@ -138,5 +145,9 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
             admin.delete_own_exchanges(tag, system.exchanges(queue))
     log.info("%s prefetch %d: %.0f jobs/s (runs of %d: %s)", key, prefetch, median(rates),
              count, ", ".join(f"{rate:.0f}" for rate in rates))
+    note = f"runs of {count}"
+    if warm < 0.5 * median(rates):  # e.g. Celery solo's stalls: say so next to the figure
+        note += f"; warm-up of {WARM_UP_COUNT} ran at only {warm:.0f}/s"
     return {"system": key, "label": system.label, "prefetch": prefetch, "count": count,
-            "runs": rates, "jobs_per_s": median(rates)}
+            "runs": rates, "jobs_per_s": median(rates), "warm_up_jobs_per_s": warm,
+            "note": note}
