@@ -6,8 +6,9 @@ shared broker, and its own data folders under tmp_path.
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,25 @@ from gearqueue.jobtypes import JOB_TYPES
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 ConfigFactory = Callable[..., Path]
+
+#: rpy2 rewrites LD_LIBRARY_PATH to Debian's library folders when R starts. The R engine
+#: puts it back; this guards tests that start R through rpy2 directly, so processes they
+#: start later do not load Debian's libraries ("undefined symbol: _PyModule_Add").
+_LIBRARY_PATH_AT_START = os.environ.get("LD_LIBRARY_PATH")
+
+
+@pytest.fixture(autouse=True)
+def _library_path_as_at_start() -> Iterator[None]:
+    _restore_library_path()
+    yield
+    _restore_library_path()
+
+
+def _restore_library_path() -> None:
+    if _LIBRARY_PATH_AT_START is None:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        os.environ["LD_LIBRARY_PATH"] = _LIBRARY_PATH_AT_START
 
 
 @pytest.fixture

@@ -43,7 +43,16 @@ class REngine:
             import rpy2.rinterface as ri
             from rpy2.rinterface_lib import callbacks
 
-            ri.initr_simple()
+            # rpy2 points LD_LIBRARY_PATH at R's library folders for good; this process
+            # has loaded R by then, and what it starts later must not inherit that.
+            library_path = os.environ.get("LD_LIBRARY_PATH")
+            try:
+                ri.initr_simple()
+            finally:
+                if library_path is None:
+                    os.environ.pop("LD_LIBRARY_PATH", None)
+                else:
+                    os.environ["LD_LIBRARY_PATH"] = library_path
         except (ImportError, OSError, RuntimeError) as error:
             raise ConfigError(f"cannot start R through rpy2 ({error}); install R and rpy2 "
                               f"(see docs/projectr.md) and set R_HOME, or choose the "
