@@ -2,7 +2,8 @@
 
 Benchmarks run against the local broker (127.0.0.1:5672) that other people use too, so
 every queue they create carries a unique `bench<random>` prefix and only those queues
-are ever deleted (`delete_own_queues`); nothing here purges anything.
+are ever deleted or purged (`delete_own_queues`, `purge_own_queue`); no other queue is
+touched.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ class Broker:
             if not self.channel.is_open:
                 self.channel = self.connection.channel()
             self.channel.queue_delete(name)
+
+    def purge_own_queue(self, tag: str, name: str) -> None:
+        """Empty a queue of this run (what a timed-out run left behind)."""
+        if not name.startswith(tag):
+            raise ValueError(f"refusing to purge '{name}': not a queue of this run")
+        if not self.channel.is_open:
+            self.channel = self.connection.channel()
+        self.channel.queue_purge(name)
 
     def delete_own_exchanges(self, tag: str, names: Iterable[str]) -> None:
         for name in names:

@@ -101,21 +101,23 @@ SYSTEMS: dict[str, System] = {system.key: system for system in (
 )}
 
 
-def publish_and_wait(kind: str, queue: str, count: int, marker: Path,
-                     timeout: float) -> float:
-    """Run publisher.py once; jobs per second from first publish to last job done."""
+def publish_and_wait(kind: str, queue: str, count: int, marker: Path, timeout: float,
+                     prefetch: int) -> tuple[float, bool]:
+    """Run publisher.py once: jobs per second from first publish to last job done, and
+    whether it timed out (then the rate is of what was drained within `timeout`)."""
     result = subprocess.run(
         [PYTHON, str(BENCH / "publisher.py"), "--kind", kind, "--queue", queue,
-         "--count", str(count), "--marker", str(marker), "--timeout", str(timeout)],
+         "--count", str(count), "--marker", str(marker), "--timeout", str(timeout),
+         "--prefetch", str(prefetch)],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout + 60, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"publisher failed ({result.returncode}): {result.stderr[-2000:]}")
     times = json.loads(result.stdout.strip().splitlines()[-1])
-    return count / (times["finished"] - times["started"])
+    return times["count"] / (times["finished"] - times["started"]), times["timed_out"]
 
 
 def measure(key: str, prefetch: int, repetitions: int, seconds: float,
-            timeout: float = 300.0) -> dict[str, object]:
+            timeout: float = 30.0) -> dict[str, object]:
     """Median jobs/s of one system at one prefetch, over `repetitions` runs."""
     system = SYSTEMS[key]
     tag = unique_tag()
@@ -128,13 +130,26 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
             wait_until(lambda: admin.consumers(queue) >= 1, 60, f"{key} consumer ready",
                        process=process)
             marker = folder / "last-job-done"
-            warm = publish_and_wait(system.kind, queue, WARM_UP_COUNT, marker, timeout)
+            # A cap on held messages, for counting what a timed-out run drained.
+            held = prefetch * (2 if key == "celery_prefork2" else 1)
+            if key == "dramatiq_default":
+                held = 2 * 16
+            warm, timed_out = publish_and_wait(system.kind, queue, WARM_UP_COUNT, marker,
+                                               timeout, held)
+            timeouts = int(timed_out)
+            if timed_out:  # what it left would count against the next run
+                admin.purge_own_queue(tag, queue)
             count = int(min(MAX_COUNT, max(MIN_COUNT, warm * seconds)))
             rates: list[float] = []
             runs_started = time.monotonic()
             while len(rates) < repetitions and (
                     len(rates) < 3 or time.monotonic() - runs_started < RUNS_BUDGET_SECONDS):
-                rates.append(publish_and_wait(system.kind, queue, count, marker, timeout))
+                rate, timed_out = publish_and_wait(system.kind, queue, count, marker,
+                                                   timeout, held)
+                rates.append(rate)
+                if timed_out:
+                    timeouts += 1
+                    admin.purge_own_queue(tag, queue)
         except Exception:
             log.error("%s consumer log:\n%s", key,
                       (folder / "consumer.log").read_text(errors="replace")[-3000:])
@@ -146,6 +161,9 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
     log.info("%s prefetch %d: %.0f jobs/s (runs of %d: %s)", key, prefetch, median(rates),
              count, ", ".join(f"{rate:.0f}" for rate in rates))
     note = f"runs of {count}"
+    if timeouts:
+        note += (f"; {timeouts} run(s) hit the {timeout:g} s cap (rate = what was "
+                 "drained)")
     if warm < 0.5 * median(rates):  # e.g. Celery solo's stalls: say so next to the figure
         note += f"; warm-up of {WARM_UP_COUNT} ran at only {warm:.0f}/s"
     return {"system": key, "label": system.label, "prefetch": prefetch, "count": count,
