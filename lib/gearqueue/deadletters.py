@@ -147,13 +147,13 @@ class DeadQueue:
                                           properties, body))
         return letters
 
-    def list(self) -> list[DeadLetter]:
+    def letters(self) -> list[DeadLetter]:
         """The dead letters, oldest first, all left in place."""
         with self._channel() as channel:
             return self._take_all(channel)
 
     def show(self, job_id: str) -> DeadLetter:
-        for letter in self.list():
+        for letter in self.letters():
             if letter.job_id == job_id:
                 return letter
         raise NotInDeadQueue(f"no {self.service.job_type} job '{job_id}' in '{self.queue}'")

@@ -79,7 +79,7 @@ def summary(letter: DeadLetter) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    letters = _queue(args).list()
+    letters = _queue(args).letters()
     if args.json:
         for letter in letters:
             print(json.dumps(summary(letter)))
