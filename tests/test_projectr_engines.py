@@ -41,6 +41,10 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     missing[:, 4] = np.nan
     missing[10:20, 7] = np.nan  # samples 7 and 8 miss the same genes: fitted together
     missing[10:20, 8] = np.nan
+    missing[30, 11] = np.inf
+    loadings = loadings.copy()
+    loadings[40] = 0.0  # an unused gene: its NaN must still be found (NaN * 0 is NaN)
+    missing[40, 12] = np.nan
     collinear = loadings.copy()
     collinear[:, 3] = collinear[:, 1] - 0.5 * collinear[:, 2]
     collinear[:, 5] = 0.0

@@ -153,6 +153,7 @@ def test_a_killed_lock_holder_leaves_no_stale_lock(job, settings):
     assert holder.stdout.readline().strip() == "held"
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(10)
+    holder.stdout.close()
     assert run_job(job, payload(projection_id="after-kill"))["success"] == 1
 
 

@@ -48,6 +48,9 @@ class Fit:
 class ChunkResult:
     coef: np.ndarray  # patterns x samples of the chunk
     pval: np.ndarray | None  # same shape, nmf with full_output only
+    #: Samples of the chunk holding a NaN or an infinity. nmf/fixednmf fitted them on
+    #: their finite genes only (as limma::lmFit does); pca and binary counted NaN as 0.
+    flagged: int = 0
 
 
 class Engine(Protocol):
@@ -68,10 +71,12 @@ class Engine(Protocol):
         """
         ...
 
-    def project(self, fit: Fit, data: np.ndarray, incomplete: np.ndarray) -> ChunkResult:
-        """Project `data` (a buffer from `buffer`). `incomplete` lists the samples
-        (0-based rows) holding a non-finite value; nmf/fixednmf fit those samples on
-        their finite genes only, as limma::lmFit does."""
+    def project(self, fit: Fit, data: np.ndarray) -> ChunkResult:
+        """Project `data` (a buffer from `buffer`), which may hold NaN and infinities.
+
+        They are found from the small products (a non-finite value reaches its sample's
+        column of L'D), not by scanning the data.
+        """
         ...
 
     def release(self) -> None:

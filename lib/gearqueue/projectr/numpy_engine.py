@@ -67,41 +67,50 @@ class NumpyEngine:
             self._buffer = np.empty((samples, genes))
         return self._buffer
 
-    def project(self, fit: Fit, data: np.ndarray, incomplete: np.ndarray) -> ChunkResult:
+    def project(self, fit: Fit, data: np.ndarray) -> ChunkResult:
         if fit.algorithm == "nmf":
-            return self._nmf(fit.state, data, incomplete, fit.full_output)
+            return self._nmf(fit.state, data, fit.full_output)
         if fit.algorithm == "fixednmf":
-            return ChunkResult(coef=self._nnls(fit.state, data, incomplete), pval=None)
+            return self._nnls(fit.state, data)
         if fit.algorithm == "binary":
-            return ChunkResult(coef=(fit.state != 0).T.astype(np.float64)
-                               @ (data != 0).T.astype(np.float64), pval=None)
-        return ChunkResult(coef=fit.state.T @ data.T, pval=None)
+            missing = np.isnan(data)
+            present = (data != 0) & ~missing  # NaN counts as 0 (NaN != 0 is true)
+            coef = (present.astype(np.float64) @ (fit.state != 0)).T
+            return ChunkResult(coef=coef, pval=None, flagged=int(missing.any(axis=1).sum()))
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf are expected
+            coef = (data @ fit.state).T
+            flagged = _flagged(coef, data)
+            if fit.algorithm == "pca" and len(flagged):
+                coef[:, flagged] = (np.where(np.isnan(data[flagged]), 0.0, data[flagged])
+                                    @ fit.state).T
+        return ChunkResult(coef=coef, pval=None, flagged=_count_missing(data, flagged))
 
     def release(self) -> None:
         self._buffer = None
 
-    def _nmf(self, ls: _LeastSquares, data: np.ndarray, incomplete: np.ndarray,
-             full: bool) -> ChunkResult:
+    def _nmf(self, ls: _LeastSquares, data: np.ndarray, full: bool) -> ChunkResult:
         patterns, samples = ls.loadings.shape[1], data.shape[0]
         coef = np.full((patterns, samples), np.nan)
         unscaled = np.repeat(ls.stdev_unscaled[:, None], samples, axis=1)
         sigma = np.full(samples, np.nan)
-        complete = np.setdiff1d(np.arange(samples), incomplete)
         rank = len(ls.estimable)
-        if len(complete) and rank:
-            block = data[complete] if len(incomplete) else data
-            effects = (block @ ls.q).T  # this operand order is the fast GEMM layout
-            coef[np.ix_(ls.estimable, complete)] = solve_triangular(ls.r, effects)
+        with np.errstate(invalid="ignore", over="ignore"):
+            effects = (data @ ls.q).T  # this operand order is NumPy's fast GEMM layout
+        flagged = _flagged(effects if rank else data.T, data)
+        if rank:
+            coef[ls.estimable] = solve_triangular(ls.r, effects, check_finite=False)
             genes = data.shape[1]
             if full and genes > rank:
-                sigma[complete] = np.sqrt(_residual_ss(block, ls.q, effects) / (genes - rank))
-        for group in _groups_by_missing(data, incomplete):
+                with np.errstate(invalid="ignore"):
+                    sigma = np.sqrt(_residual_ss(data, ls.q, effects, flagged) / (genes - rank))
+        for group in _groups_by_missing(data, flagged):
             self._refit(ls.loadings, data, group, coef, unscaled, sigma)
+        result = ChunkResult(coef=coef, pval=None, flagged=_count_missing(data, flagged))
         if not full:
-            return ChunkResult(coef=coef, pval=None)
+            return result
         with np.errstate(divide="ignore", invalid="ignore"):
             t = coef / unscaled / sigma[None, :]
-        return ChunkResult(coef=coef, pval=2 * ndtr(-np.abs(t)))
+        return ChunkResult(coef=coef, pval=2 * ndtr(-np.abs(t)), flagged=result.flagged)
 
     @staticmethod
     def _refit(loadings: np.ndarray, data: np.ndarray, group: np.ndarray, coef: np.ndarray,
@@ -125,14 +134,18 @@ class NumpyEngine:
             sigma[group] = np.sqrt(np.einsum("ij,ij->i", residual, residual) / (genes - rank))
 
     @staticmethod
-    def _nnls(ls: _LeastSquares, data: np.ndarray, incomplete: np.ndarray) -> np.ndarray:
+    def _nnls(ls: _LeastSquares, data: np.ndarray) -> ChunkResult:
         """NNLS on the estimable patterns (the others NA, as in nmf), per sample."""
         patterns, samples = ls.loadings.shape[1], data.shape[0]
         coef = np.full((patterns, samples), np.nan)
-        missing = set(incomplete.tolist())
+        rank = len(ls.estimable)
+        with np.errstate(invalid="ignore", over="ignore"):
+            effects = (data @ ls.q).T
+        flagged = _flagged(effects if rank else data.T, data)
+        missing = set(flagged.tolist())
         for sample in range(samples):
-            values = data[sample]
             if sample in missing:
+                values = data[sample]
                 observed = np.isfinite(values)
                 if observed.any():
                     subset = ls.loadings[observed]
@@ -140,17 +153,29 @@ class NumpyEngine:
                     if len(estimable):
                         coef[estimable, sample] = nnls(subset[:, estimable],
                                                        values[observed])[0]
-            elif len(ls.estimable):
+            elif rank:
                 # same minimiser as on the genes: ||d - Lb||^2 = ||Q'd - Rb||^2 + c
-                coef[ls.estimable, sample] = nnls(ls.r, ls.q.T @ values)[0]
-        return coef
+                coef[ls.estimable, sample] = nnls(ls.r, effects[:, sample])[0]
+        return ChunkResult(coef=coef, pval=None, flagged=_count_missing(data, flagged))
 
 
-def _residual_ss(block: np.ndarray, q: np.ndarray, effects: np.ndarray) -> np.ndarray:
+def _flagged(product: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """Samples whose column of the product is not finite: a NaN/Inf anywhere in a sample
+    reaches it (or a finite overflow, refitted too, which is exact anyway)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.flatnonzero(~np.isfinite(product.sum(axis=0)))
+
+
+def _count_missing(data: np.ndarray, flagged: np.ndarray) -> int:
+    return int((~np.isfinite(data[flagged])).any(axis=1).sum()) if len(flagged) else 0
+
+
+def _residual_ss(block: np.ndarray, q: np.ndarray, effects: np.ndarray,
+                 flagged: np.ndarray) -> np.ndarray:
     """Per sample ||d||^2 - ||Q'd||^2, exact residuals where that loses digits (as R)."""
     total = np.einsum("ij,ij->i", block, block)
     rss = total - np.einsum("ij,ij->j", effects, effects)
-    close = np.flatnonzero(~(rss > 1e-6 * total))
+    close = np.setdiff1d(np.flatnonzero(~(rss > 1e-6 * total)), flagged)
     if len(close):
         residual = block[close] - (q @ effects[:, close]).T
         rss[close] = np.einsum("ij,ij->i", residual, residual)

@@ -6,10 +6,11 @@ is computed in a first pass before projecting; the second uses the exact identit
 centred = L'D - rowMeans(L'D), applied once every chunk is projected. So the result does
 not depend on the chunk size (gEAR's chunked centring did, which is why it gave up on it).
 
-Missing values: nmf and fixednmf leave them to the engine (dropped per sample, as
-limma::lmFit does); pca and binary set NaN to 0 as gEAR does; pca_centered keeps
-projectR's behaviour (any non-finite value in a matched gene makes the projection NA);
-with zscore, non-finite values count as missing in the statistics and become 0.
+Missing values are left in the chunk and handled by the engine: nmf and fixednmf drop
+them per sample (as limma::lmFit does); pca and binary count NaN as 0 (as gEAR does);
+pca_centered keeps projectR's behaviour (any non-finite value in a matched gene makes the
+projection NA). With zscore, non-finite values count as missing in the statistics and
+become 0.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 #: Memory for one chunk of samples (engine buffer + the target's read buffer).
 CHUNK_BYTES = 64 << 20
-FILL_NAN_WITH_ZERO = ("pca", "binary")
 KEEP_MISSING = ("nmf", "fixednmf")
 
 
@@ -72,15 +72,11 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
             target.read(start, stop, genes, data)
             if scaling is not None:
                 standardise(data, *scaling)
-            elif algorithm in FILL_NAN_WITH_ZERO:
-                np.copyto(data, 0.0, where=np.isnan(data))
-            elif algorithm == "pca_centered":
-                centred_na = centred_na or len(nonfinite_rows(data)) > 0
-            incomplete = np.empty(0, dtype=np.int64)
-            if algorithm in KEEP_MISSING and scaling is None:
-                incomplete = nonfinite_rows(data)
-                incomplete_samples += len(incomplete)
-            result = engine.project(fit, data, incomplete)
+            result = engine.project(fit, data)
+            if algorithm == "pca_centered":
+                centred_na = centred_na or result.flagged > 0
+            elif algorithm in KEEP_MISSING:
+                incomplete_samples += result.flagged
             coef[:, start:stop] = result.coef
             if pval is not None and result.pval is not None:
                 pval[:, start:stop] = result.pval
@@ -96,20 +92,6 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
     return ProjectionResult(coef=coef, pval=pval, not_estimable=fit.not_estimable,
                             incomplete_samples=incomplete_samples, na_samples=na_samples,
                             centred_na=centred_na)
-
-
-def nonfinite_rows(data: np.ndarray) -> np.ndarray:
-    """Rows (samples) holding a NaN or an infinity.
-
-    A row sum is non-finite exactly when the row holds one, or when finite values
-    overflow; so only the rows whose sum is not finite are checked value by value. One
-    pass with no samples x genes temporary, instead of np.isfinite's boolean copy.
-    """
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, overflow: suspects
-        suspects = np.flatnonzero(~np.isfinite(data.sum(axis=1)))
-    if not len(suspects):
-        return suspects
-    return suspects[~np.isfinite(data[suspects]).all(axis=1)]
 
 
 def gene_scaling(target: Target, genes: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -93,26 +93,27 @@ class REngine:
             self._buffers[key] = (matrix, view)
         return self._buffers[key][1]
 
-    def project(self, fit: Fit, data: np.ndarray, incomplete: np.ndarray) -> ChunkResult:
+    def project(self, fit: Fit, data: np.ndarray) -> ChunkResult:
         matrix = self._buffers[data.shape][0]
         ri = self._ri
-        if fit.algorithm in LEAST_SQUARES:
-            rows = ri.IntSexpVector.from_memoryview(
-                memoryview(np.ascontiguousarray(incomplete + 1, dtype=np.int32)))
-            if fit.algorithm == "nmf":
-                sumsq = np.einsum("ij,ij->i", data, data) if fit.full_output else np.empty(0)
-                result = self._call("gq_nmf_chunk", fit.state, matrix, rows,
-                                    ri.BoolSexpVector([fit.full_output]),
-                                    ri.FloatSexpVector.from_memoryview(memoryview(sumsq)))
-            else:
-                result = self._call("gq_nnls_chunk", fit.state, matrix, rows)
+        if fit.algorithm == "nmf":
+            # ||d||^2 per sample for the residuals, while the chunk is in cache (one pass,
+            # no temporary); only p-values need it.
+            sumsq = np.einsum("ij,ij->i", data, data) if fit.full_output else np.empty(0)
+            result = self._call("gq_nmf_chunk", fit.state, matrix,
+                                ri.BoolSexpVector([fit.full_output]),
+                                ri.FloatSexpVector.from_memoryview(memoryview(sumsq)))
+        elif fit.algorithm == "fixednmf":
+            result = self._call("gq_nnls_chunk", fit.state, matrix)
         elif fit.algorithm == "binary":
             result = self._call("gq_binary_chunk", fit.state, matrix)
         else:
-            result = self._call("gq_dot_chunk", fit.state, matrix)
+            result = self._call("gq_dot_chunk", fit.state, matrix,
+                                ri.BoolSexpVector([fit.algorithm == "pca"]))
         pval = _element(result, "pval") if "pval" in _names(result) else None
         return ChunkResult(coef=_array(_element(result, "coef")),
-                           pval=None if pval is None else _array(pval))
+                           pval=None if pval is None else _array(pval),
+                           flagged=int(_element(result, "flagged")[0]))
 
     def release(self) -> None:
         self._buffers.clear()
