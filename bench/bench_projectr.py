@@ -151,14 +151,12 @@ def write_csr_h5ad(path: Path, genes: int, samples: int, density: float = 0.02) 
             data[start * per_row:stop * per_row] = rng.gamma(2.0, 1.0, cols.size)
 
 
-def measure(method: str, genes: int, samples: int, patterns: int, threads: str | None,
-            h5ad: Path | None, repeat: int) -> dict:
-    """The fastest of `repeat` runs (the machine may be shared), with its peak RSS."""
-    runs = [measure_once(method, genes, samples, patterns, threads, h5ad)
-            for _ in range(1 if method == "limma" else repeat)]
+def best_of(runs: list[dict]) -> dict:
+    """The fastest run (the machine may be shared), with its peak RSS; failures listed."""
     good = [run for run in runs if "error" not in run] or runs
-    best = min(good, key=lambda run: run.get("seconds", 0.0))
+    best = dict(min(good, key=lambda run: run.get("seconds", 0.0)))
     best["runs_seconds"] = [run.get("seconds") for run in runs]
+    best["failed_runs"] = [run["error"][-300:] for run in runs if "error" in run]
     return best
 
 
@@ -202,7 +200,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--limma-max", type=int, default=10000)
     parser.add_argument("--threads", help="OPENBLAS_NUM_THREADS for the measured processes")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per method (fastest kept)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method, round robin "
+                        "(the fastest is kept)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--h5ad", help=argparse.SUPPRESS)
@@ -214,17 +213,24 @@ def main() -> int:
         print(json.dumps(child(args.child, args.genes, sizes[0], args.patterns, args.h5ad)))
         return 0
     records = []
+    methods = args.methods.split(",")
     for samples in sizes:
+        chosen = [m for m in methods if not (m == "limma" and samples > args.limma_max)]
         h5ad = None
-        for method in args.methods.split(","):
-            if method == "limma" and samples > args.limma_max:
-                continue
-            if method == "r_h5ad" and h5ad is None:
-                h5ad = args.output.parent / f"projectr-bench-{samples}.h5ad"
-                h5ad.parent.mkdir(parents=True, exist_ok=True)
-                write_csr_h5ad(h5ad, args.genes, samples)
-            records.append(measure(method, args.genes, samples, args.patterns, args.threads,
-                                   h5ad, args.repeat))
+        if "r_h5ad" in chosen:
+            h5ad = args.output.parent / f"projectr-bench-{samples}.h5ad"
+            h5ad.parent.mkdir(parents=True, exist_ok=True)
+            write_csr_h5ad(h5ad, args.genes, samples)
+        runs: dict[str, list[dict]] = {method: [] for method in chosen}
+        # Round robin, so a busy moment on a shared machine hits every method alike.
+        for repetition in range(args.repeat):
+            for method in chosen:
+                if method == "limma" and repetition:
+                    continue  # minutes per run, and only for orientation
+                runs[method].append(measure_once(method, args.genes, samples, args.patterns,
+                                                 args.threads, h5ad))
+        for method in chosen:
+            records.append(best_of(runs[method]))
             print(table(records).splitlines()[-1], flush=True)
         if h5ad is not None:
             h5ad.unlink(missing_ok=True)
