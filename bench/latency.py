@@ -40,7 +40,7 @@ from gearqueue.config import load_settings
 log = logging.getLogger(__name__)
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-WARM_UP = 50
+WARM_UP = 300
 
 
 def _summary(samples: list[float]) -> dict[str, Any]:
