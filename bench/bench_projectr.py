@@ -17,8 +17,9 @@ Methods (each measured in a fresh subprocess, so its peak RSS is its own):
 The input is dense float64, genes x samples, D = L P + noise, generated in place
 (samples x genes C order, i.e. R's column-major genes x samples) before the clock
 starts; peak RSS is the process's high-water mark from just before the method runs
-(/proc/self/clear_refs), so it counts the input, the interpreter and R. Results go to
-bench/results/projectr.json.
+(/proc/self/clear_refs), so it counts the input, the interpreter and R. Seconds are wall
+time; CPU seconds (all threads) are steadier when the machine is shared, and the load
+average is recorded with each figure. Results go to bench/results/projectr.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -70,6 +72,13 @@ def status_kib(field: str) -> int:
     raise KeyError(field)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads: far steadier than wall time on a shared
+    machine, where other processes take turns on the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(method: str, genes: int, samples: int, patterns: int, h5ad: str | None) -> dict:
     """Measure one method in this process; returns the record."""
     from scipy.linalg import solve_triangular
@@ -85,6 +94,7 @@ def child(method: str, genes: int, samples: int, patterns: int, h5ad: str | None
                       else (generate(genes, 1, patterns)[0], None))
     before = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    cpu_started = cpu_seconds()
     started = time.perf_counter()
     if method in ("r", "r_full", "numpy"):
         target = MatrixTarget([str(i) for i in range(genes)],
@@ -105,7 +115,8 @@ def child(method: str, genes: int, samples: int, patterns: int, h5ad: str | None
         coef = limma(engine, loadings, data)
     seconds = time.perf_counter() - started
     return {"method": method, "genes": genes, "samples": samples, "patterns": patterns,
-            "seconds": seconds, "peak_rss_bytes": status_kib("VmHWM") * 1024,
+            "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu_started,
+            "peak_rss_bytes": status_kib("VmHWM") * 1024,
             "rss_before_bytes": before * 1024, "input_bytes": genes * samples * 8,
             "checksum": float(np.nansum(coef)), "load_average": os.getloadavg()[0],
             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}
@@ -176,18 +187,21 @@ def measure_once(method: str, genes: int, samples: int, patterns: int, threads: 
 
 
 def table(records: list[dict]) -> str:
-    lines = [f"{'samples':>8} {'method':>9} {'seconds':>9} {'x qr':>6} {'peak GiB':>9} "
-             f"{'x input':>8}"]
+    lines = [f"{'samples':>8} {'method':>9} {'seconds':>8} {'x qr':>6} {'cpu s':>7} "
+             f"{'x qr':>6} {'peak GiB':>9} {'x input':>8} {'load':>5}"]
     for record in records:
-        if "error" in record:
+        if "seconds" not in record:
             lines.append(f"{record['samples']:>8} {record['method']:>9}  FAILED")
             continue
         base = next((r for r in records if r.get("method") == "numpy_qr"
                      and r["samples"] == record["samples"] and "seconds" in r), None)
-        ratio = record["seconds"] / base["seconds"] if base else float("nan")
-        lines.append(f"{record['samples']:>8} {record['method']:>9} {record['seconds']:>9.2f} "
-                     f"{ratio:>6.2f} {record['peak_rss_bytes'] / 2**30:>9.2f} "
-                     f"{record['peak_rss_bytes'] / record['input_bytes']:>8.2f}")
+        wall = record["seconds"] / base["seconds"] if base else float("nan")
+        cpu = record["cpu_seconds"] / base["cpu_seconds"] if base else float("nan")
+        lines.append(f"{record['samples']:>8} {record['method']:>9} {record['seconds']:>8.2f} "
+                     f"{wall:>6.2f} {record['cpu_seconds']:>7.2f} {cpu:>6.2f} "
+                     f"{record['peak_rss_bytes'] / 2**30:>9.2f} "
+                     f"{record['peak_rss_bytes'] / record['input_bytes']:>8.2f} "
+                     f"{record['load_average']:>5.1f}")
     return "\n".join(lines)
 
 
