@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from .. import exitcodes
 from ..errors import (
-    BrokerError,
     BrokerUnavailable,
     ConfigError,
     GearError,
@@ -28,6 +27,22 @@ from . import config_cmd, dead_cmd, doctor_cmd, jobs_cmd, queues_cmd, scale_cmd
 COMMAND_MODULES = (config_cmd, jobs_cmd, queues_cmd, dead_cmd, doctor_cmd, scale_cmd)
 
 Runner = Callable[[argparse.Namespace], int]
+
+#: How an error ends the command: the first entry whose class matches gives the exit
+#: code and the words before the message; anything else is a failure (exit 1).
+ERROR_EXITS: tuple[tuple[type[GearError] | tuple[type[GearError], ...], int, str], ...] = (
+    (ConfigError, exitcodes.CONFIG, "configuration error: "),
+    ((InvalidMessage, UnknownJob), exitcodes.CONFIG, ""),
+    (ReplyTimeout, exitcodes.TIMEOUT, "timeout: "),
+    (BrokerUnavailable, exitcodes.BROKER_UNAVAILABLE, "broker unavailable: "),
+)
+
+
+def _exit_for(error: GearError) -> tuple[int, str]:
+    for classes, code, prefix in ERROR_EXITS:
+        if isinstance(error, classes):
+            return code, prefix
+    return exitcodes.JOB_FAILED, f"{type(error).__name__}: "
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,20 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except BrokenPipeError:  # e.g. `gearqueue check-config | head`
         return exitcodes.OK
-    except ConfigError as error:
-        print(f"gearqueue: configuration error: {error}", file=sys.stderr)
-        return exitcodes.CONFIG
-    except (InvalidMessage, UnknownJob) as error:
-        print(f"gearqueue: {error}", file=sys.stderr)
-        return exitcodes.CONFIG
-    except ReplyTimeout as error:
-        print(f"gearqueue: timeout: {error}", file=sys.stderr)
-        return exitcodes.TIMEOUT
-    except BrokerUnavailable as error:
-        print(f"gearqueue: broker unavailable: {error}", file=sys.stderr)
-        return exitcodes.BROKER_UNAVAILABLE
-    except (BrokerError, GearError) as error:
-        print(f"gearqueue: {type(error).__name__}: {error}", file=sys.stderr)
-        return exitcodes.JOB_FAILED
+    except GearError as error:
+        code, prefix = _exit_for(error)
+        print(f"gearqueue: {prefix}{error}", file=sys.stderr)
+        return code
     finally:
         logging.shutdown()
