@@ -34,12 +34,11 @@ from bench.common import (
     wait_until,
     write_gear_ini,
 )
-from gearqueue.client import Client
+from gearqueue.client import DIRECT_REPLY_TO, Client
 from gearqueue.config import load_settings
 
 log = logging.getLogger(__name__)
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 WARM_UP = 300
 
 

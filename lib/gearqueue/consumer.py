@@ -151,11 +151,10 @@ class Consumer:
             self._start_next_early(delivery.session)
         duration_ms = round((time.monotonic() - started) * 1000)
         settle.settle(self.session_for(delivery), self.service, delivery, envelope, outcome)
-        log.info("job %s %s (attempt %d, %d ms)", envelope.job_id,
-                 settle.describe(outcome, self.service.max_retries),
+        described = settle.describe(outcome, self.service.max_retries)
+        log.info("job %s %s (attempt %d, %d ms)", envelope.job_id, described,
                  outcome.attempt, duration_ms, extra={**job_fields, **fields(
-                     attempt=outcome.attempt, duration_ms=duration_ms,
-                     outcome=settle.describe(outcome, self.service.max_retries))})
+                     attempt=outcome.attempt, duration_ms=duration_ms, outcome=described)})
         self._recycle_if_needed()
 
     def session_for(self, delivery: Delivery) -> Session:
@@ -240,8 +239,8 @@ class Consumer:
                 self.executor.kill()
                 return self._failed_outside(job_id, HardTimeLimitExceeded(
                     f"job ran past time_limit ({service.time_limit:g} s) and was killed"))
-            if service.max_memory_mb and self.executor.rss_mb() > 2 * service.max_memory_mb:
-                rss = self.executor.rss_mb()
+            rss = self.executor.rss_mb() if service.max_memory_mb else 0.0
+            if rss > 2 * service.max_memory_mb > 0:
                 self.executor.kill()
                 return self._failed_outside(job_id, MemoryLimitExceeded(
                     f"executor RSS {rss:.0f} MiB passed twice max_memory_mb "

@@ -185,8 +185,9 @@ class Executor:
         """Why the child should be replaced before the next job, if it should."""
         if self.service.max_jobs_per_child and self.jobs_done >= self.service.max_jobs_per_child:
             return f"{self.jobs_done} jobs done (max_jobs_per_child)"
-        if self.service.max_memory_mb and self.rss_mb() > self.service.max_memory_mb:
-            return f"RSS {self.rss_mb():.0f} MiB over max_memory_mb"
+        rss = self.rss_mb() if self.service.max_memory_mb else 0.0
+        if rss > self.service.max_memory_mb > 0:
+            return f"RSS {rss:.0f} MiB over max_memory_mb"
         return None
 
     def kill(self) -> None:
