@@ -52,6 +52,9 @@ class Client:
         self._rpc: BlockingChannel | None = None
         self._returned: set[str] = set()
         self._runners: dict[str, JobRunner] = {}
+        #: One state store per job type for the client's life: a store keeps what it
+        #: opened (folders made, its database connection) for the next job.
+        self._stores: dict[str, StateStore] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -96,7 +99,7 @@ class Client:
             for job_id, payload in zip(job_ids, payloads, strict=True):
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
-        store = StateStore(self.settings.paths.state_dir, job_type)
+        store = self._store(job_type)
         for job_id in job_ids:  # fresh random ids: nothing to read, nobody reading yet
             store.create(JobRecord(job_id, job_type, JobStatus.QUEUED))
         self._channel_for(job_type)  # declares the topology once, so the batch is routable
@@ -149,7 +152,7 @@ class Client:
 
     def status(self, job_type: str, job_id: str) -> JobRecord:
         """The stored state of a job (UnknownJob if none)."""
-        return StateStore(self.settings.paths.state_dir, job_type).require(job_id)
+        return self._store(job_type).require(job_id)
 
     # --- internals -------------------------------------------------------------------
 
@@ -182,13 +185,25 @@ class Client:
                                                           isolated=False)
         return runner.execute(job_id, payload, fresh=True).reply
 
+    def _store(self, job_type: str) -> StateStore:
+        store = self._stores.get(job_type)
+        if store is None:
+            store = self._stores[job_type] = StateStore(self.settings.paths.state_dir,
+                                                        job_type)
+        return store
+
     def _record_queued(self, job_type: str, job_id: str) -> bool:
-        """Record the job as queued unless it has a record; True if this created it."""
-        store = StateStore(self.settings.paths.state_dir, job_type)
-        if store.get(job_id) is None:
-            store.put(JobRecord(job_id, job_type, JobStatus.QUEUED))
-            return True
-        return False
+        """Record the job as queued unless it has a record; True if this created it.
+
+        One create, refused when the id has a record, rather than a read and then a
+        write: it is on every submit's and call's path before the publish, and a record
+        an executor child wrote in between is never set back to queued.
+        """
+        try:
+            self._store(job_type).create(JobRecord(job_id, job_type, JobStatus.QUEUED))
+        except FileExistsError:
+            return False
+        return True
 
     @contextlib.contextmanager
     def _refused_unless_queued(self, job_type: str, job_id: str, created: bool
@@ -200,7 +215,7 @@ class Client:
             yield
         except PublishError as error:
             if created:
-                StateStore(self.settings.paths.state_dir, job_type).update(
+                self._store(job_type).update(
                     job_id, status=JobStatus.FAILED, error={
                         "class": type(error).__name__, "message": str(error),
                         "traceback": None, "attempt": 0})
