@@ -6,6 +6,13 @@ needs something that can be killed, and memory can only be given back by ending 
 process. The child is started once and reused (R loads once), and recycled after
 `max_jobs_per_child` jobs or when its RSS passes `max_memory_mb`.
 
+Jobs are handed over in batches (all the deliveries the consumer holds, up to its
+prefetch): one pipe message there and one back per batch, instead of two process
+wake-ups per job. Which job of the batch runs, since when, and whether to stop after it
+is in a few words of shared memory (`Progress`), which the parent reads on every turn
+of its loop without waking the child, and which tells it, if the child dies, which
+jobs were done, which one killed it, and which never started.
+
 The child dies with its parent (PR_SET_PDEATHSIG), ignores SIGINT/SIGTERM (the parent
 decides when it stops), and turns SIGUSR1 into SoftTimeLimitExceeded inside the job.
 """
@@ -19,7 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -41,7 +48,57 @@ class ExecutorStartFailed(GearError):
 
 
 class ExecutorDied(GearError):
-    """The executor child exited while running a job."""
+    """The executor child exited while running a batch; `done` jobs of it had finished."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
+
+
+#: One job for the child: (job id, payload, fresh).
+JobOrder = tuple[str, dict[str, Any], bool]
+#: One job back from the child: its outcome and the seconds it took.
+Finished = tuple[Outcome, float]
+
+#: Slots of the shared `Progress` array.
+_INDEX, _STARTED, _STOP = range(3)
+
+
+class Progress:
+    """Shared memory between the consumer and its child about the batch in hand.
+
+    The child writes the index of the job it starts and when (CLOCK_MONOTONIC, one
+    clock for every process) before it runs it, so after the child dies, jobs below
+    the index are done (their records are stored), the job at it was running, and
+    the ones above never started. The parent writes the stop flag: finish the
+    current job, start no further one.
+    """
+
+    def __init__(self, context: Any) -> None:
+        self.slots = context.RawArray("d", 3)
+        self.reset()
+
+    def reset(self) -> None:
+        self.slots[_INDEX], self.slots[_STARTED], self.slots[_STOP] = -1.0, 0.0, 0.0
+
+    def begin(self, index: int) -> None:
+        self.slots[_STARTED] = time.monotonic()
+        self.slots[_INDEX] = float(index)
+
+    @property
+    def index(self) -> int:
+        return int(self.slots[_INDEX])
+
+    @property
+    def started(self) -> float:
+        return self.slots[_STARTED]
+
+    def ask_to_stop(self) -> None:
+        self.slots[_STOP] = 1.0
+
+    @property
+    def stop_asked(self) -> bool:
+        return bool(self.slots[_STOP])
 
 
 class SoftLimitSignal:
@@ -71,7 +128,8 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def child_main(conn: Connection, settings: Settings, job_type: str, identifier: str) -> None:
+def child_main(conn: Connection, settings: Settings, job_type: str, identifier: str,
+               progress: Progress) -> None:
     """Entry point of the executor child (spawned: a fresh interpreter)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -93,8 +151,15 @@ def child_main(conn: Connection, settings: Settings, job_type: str, identifier: 
             return
         if message[0] == "stop":
             return
-        _, job_id, payload, fresh = message
-        conn.send(("done", runner.execute(job_id, payload, fresh=fresh)))
+        outcomes = []
+        for index, (job_id, payload, fresh) in enumerate(message[1]):
+            if progress.stop_asked:
+                break
+            progress.begin(index)
+            started = time.monotonic()
+            outcome = runner.execute(job_id, payload, fresh=fresh)
+            outcomes.append((outcome, time.monotonic() - started))
+        conn.send(("done", outcomes))
 
 
 class Executor:
@@ -108,9 +173,10 @@ class Executor:
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: Connection | None = None
+        self._progress = Progress(self._context)
         self.jobs_done = 0
-        self.started_job_at: float | None = None
-        self._soft_signalled = False
+        self._batch_size = 0
+        self._soft_signalled: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +187,8 @@ class Executor:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=child_main, name=f"{self.identifier}-executor",
-            args=(child_end, self.settings, self.job_type, self.identifier), daemon=True)
+            args=(child_end, self.settings, self.job_type, self.identifier, self._progress),
+            daemon=True)
         process.start()
         child_end.close()
         self._process, self._conn, self.jobs_done = process, parent_end, 0
@@ -138,38 +205,61 @@ class Executor:
             raise ExecutorStartFailed(f"executor child could not start: {detail}")
         log.info("executor child %s ready", detail)
 
-    def submit(self, job_id: str, payload: dict[str, Any], fresh: bool) -> None:
-        assert self._conn is not None
-        self._conn.send(("run", job_id, payload, fresh))
-        self.started_job_at = time.monotonic()
-        self._soft_signalled = False
+    def submit(self, jobs: Sequence[JobOrder]) -> None:
+        """Hand the child a batch of jobs to run in order."""
+        assert self._conn is not None and jobs
+        self._progress.reset()
+        self._conn.send(("run", list(jobs)))
+        self._batch_size = len(jobs)
+        self._soft_signalled = None
 
-    def poll(self, timeout: float) -> Outcome | None:
-        """The job's outcome if it finished within `timeout`; ExecutorDied if the child died."""
+    def allowance(self) -> int:
+        """How many more jobs this child takes before it is due for recycling."""
+        limit = self.service.max_jobs_per_child
+        return max(limit - self.jobs_done, 1) if limit else 1 << 30
+
+    def poll(self, timeout: float) -> list[Finished] | None:
+        """The outcomes of the batch if it finished within `timeout`, in order; fewer than
+        its jobs when the child was asked to stop (the rest never started).
+        ExecutorDied if the child died."""
         assert self._conn is not None
         try:
             if self._conn.poll(timeout):
-                _, outcome = self._conn.recv()
-                self.jobs_done += 1
-                self.started_job_at = None
-                return outcome
+                _, outcomes = self._conn.recv()
+                self.jobs_done += len(outcomes)
+                self._batch_size = 0
+                return outcomes
         except (EOFError, OSError):
             pass
         else:
             if self._process.is_alive():
                 return None
+        done = max(self._progress.index, 0)
         self._process.join(1)
         code = self._process.exitcode
         self._reset()
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-        raise ExecutorDied(f"executor child died during the job ({how})")
+        raise ExecutorDied(f"executor child died during the job ({how})", done)
+
+    @property
+    def current(self) -> int:
+        """Index in the batch of the job the child runs (-1 before the first starts)."""
+        return self._progress.index
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started_job_at if self.started_job_at else 0.0
+        """Seconds the current job has been running (0 when none has started)."""
+        if not self._batch_size or self._progress.index < 0:
+            return 0.0
+        return time.monotonic() - self._progress.started
+
+    def stop_after_current(self) -> None:
+        """Let the child finish the job it runs and start none of the batch after it."""
+        self._progress.ask_to_stop()
 
     def signal_soft_limit(self) -> None:
-        if not self._soft_signalled and self._process is not None:
-            self._soft_signalled = True
+        """SIGUSR1 once per job: the child turns it into SoftTimeLimitExceeded."""
+        if self._soft_signalled != self.current and self._process is not None:
+            self._soft_signalled = self.current
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._process.pid, signal.SIGUSR1)
 
@@ -210,7 +300,7 @@ class Executor:
     def _reset(self) -> None:
         if self._conn is not None:
             self._conn.close()
-        self._process, self._conn, self.started_job_at = None, None, None
+        self._process, self._conn, self._batch_size = None, None, 0
 
     @property
     def running(self) -> bool:

@@ -43,6 +43,28 @@ def record_failure(store: StateStore, max_retries: int, job_id: str,
     return outcome
 
 
+def stored_outcome(record: JobRecord | None, since: float) -> Outcome | None:
+    """The outcome an attempt stored, for a job whose child died before sending it back
+    (None if the record shows no attempt finished after `since`, time.time() when the
+    job was handed over: then it was still running).
+
+    Not a replay: the attempt really ended this way here and was not settled yet, so
+    a failure is retried or dead-lettered as the child would have had it.
+    """
+    if record is None or record.status not in _FINISHED or record.updated < since:
+        return None
+    if record.status is JobStatus.SUCCEEDED:
+        return Outcome.success(record.result or {}, record.attempts)
+    error = record.error or {}
+    return Outcome(succeeded=False, reply=record.result or {}, attempt=record.attempts,
+                   retryable=record.status is JobStatus.RETRYING,
+                   error_class=error.get("class"), message=error.get("message"),
+                   traceback=error.get("traceback"))
+
+
+_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.RETRYING, JobStatus.FAILED})
+
+
 class JobRunner:
     def __init__(self, settings: Settings, job_type: str, *, isolated: bool,
                  guard: Guard = contextlib.nullcontext) -> None:

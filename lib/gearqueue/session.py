@@ -120,10 +120,12 @@ class Session:
                     "redeliver it", delivery.delivery_tag)
         return False
 
-    def ack(self, delivery: Delivery) -> None:
+    def ack(self, delivery: Delivery, *, multiple: bool = False) -> None:
+        """Ack a delivery; with `multiple`, every unacked one up to it on this channel too
+        (one frame for a whole batch)."""
         if self._owns(delivery):
             with converted_errors("acking"):
-                self.consume_channel.basic_ack(delivery.delivery_tag)
+                self.consume_channel.basic_ack(delivery.delivery_tag, multiple=multiple)
 
     def requeue(self, delivery: Delivery) -> None:
         if self._owns(delivery):

@@ -42,11 +42,19 @@ def describe(outcome: Outcome, max_retries: int | None = None) -> str:
 
 def settle(session: Session, service: ServiceSettings, delivery: Delivery,
            envelope: Envelope, outcome: Outcome) -> None:
+    hand_on(session, service, delivery, envelope, outcome)
+    session.ack(delivery)
+
+
+def hand_on(session: Session, service: ServiceSettings, delivery: Delivery,
+            envelope: Envelope, outcome: Outcome) -> None:
+    """Everything an outcome needs before its ack: the next copy of the message (retry
+    or dead letter, confirmed by the broker), then the reply. The caller acks, alone
+    or with the rest of a batch."""
     try:
         if not outcome.succeeded and not outcome.reused:
             if outcome.should_retry(service.max_retries):
                 _publish_retry(session, service, delivery, envelope, outcome)
-                session.ack(delivery)
                 return
             _publish_dead(session, service, delivery, envelope, outcome)
     except PublishError as error:
@@ -55,7 +63,6 @@ def settle(session: Session, service: ServiceSettings, delivery: Delivery,
         raise BrokerUnavailable(f"could not hand the job on: {error}") from error
     if envelope.reply_to:
         session.reply(envelope.reply_to, envelope.correlation_id, outcome.reply)
-    session.ack(delivery)
 
 
 def _next_properties(delivery: Delivery, envelope: Envelope, headers: dict[str, Any],
