@@ -133,22 +133,11 @@ class Client:
                 self._consuming_replies = True
             with self._refused_unless_queued(job_type, job_id, created):
                 self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
-        else:
+            return self._await_reply(job_type, job_id, timeout)
+        # Unconfirmed: an unroutable request comes back while the reply is awaited.
+        with self._refused_unless_queued(job_type, job_id, created):
             self._publish_request(job_type, job_id, body)
-        deadline = time.monotonic() + timeout
-        assert self._connection is not None
-        while job_id not in self._replies:
-            if job_id in self._returned:
-                self._returned.discard(job_id)
-                raise UnroutableError(f"{job_type} job {job_id} was returned as unroutable "
-                                      f"(no queue '{service.queue}')")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ReplyTimeout(f"no reply to {job_type} job {job_id} within {timeout:g} s "
-                                   "(it may still run: see `gearqueue status`)")
-            with converted_errors("waiting for the reply"):
-                self._connection.process_data_events(time_limit=min(remaining, 1.0))
-        return self._replies.pop(job_id)
+            return self._await_reply(job_type, job_id, timeout)
 
     def status(self, job_type: str, job_id: str) -> JobRecord:
         """The stored state of a job (UnknownJob if none)."""
@@ -278,6 +267,24 @@ class Client:
         with converted_errors(f"publishing {job_type} job {job_id}"):
             self._rpc.basic_publish("", self.settings.service(job_type).queue, body,
                                     properties, mandatory=True)
+
+    def _await_reply(self, job_type: str, job_id: str, timeout: float) -> dict[str, Any]:
+        """Serve the connection until the reply to `job_id` is in; UnroutableError if the
+        request came back instead, ReplyTimeout after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        assert self._connection is not None
+        while job_id not in self._replies:
+            if job_id in self._returned:
+                self._returned.discard(job_id)
+                raise UnroutableError(f"{job_type} job {job_id} was returned as unroutable "
+                                      f"(no queue '{self.settings.service(job_type).queue}')")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplyTimeout(f"no reply to {job_type} job {job_id} within {timeout:g} s "
+                                   "(it may still run: see `gearqueue status`)")
+            with converted_errors("waiting for the reply"):
+                self._connection.process_data_events(time_limit=min(remaining, 1.0))
+        return self._replies.pop(job_id)
 
     def _on_return(self, channel: Any, method: Any, properties: pika.BasicProperties,
                    body: bytes) -> None:
