@@ -118,7 +118,7 @@ class Consumer:
                     self.session.close()
         finally:
             self.notifier.stopping()
-            self.executor.stop()
+            self.executor.shutdown()
             log.info("stopped")
 
     def _sleep(self, seconds: float) -> None:
@@ -359,7 +359,9 @@ class Consumer:
         if self._next is not None:  # the child is busy; it is recycled after that batch
             return
         reason = self.executor.needs_recycling()
-        if reason:
+        if not reason:
+            self.executor.prepare_successor()
+        else:
             log.info("recycling the executor child: %s", reason)
             self.executor.stop()
             self.executor.start(idle=self._keep_alive)

@@ -173,6 +173,8 @@ class Executor:
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: Connection | None = None
+        #: The next child, started ahead of recycling (`prepare_successor`).
+        self._successor: tuple[Any, Connection] | None = None
         self._progress = Progress(self._context)
         self.jobs_done = 0
         self._batch_size = 0
@@ -183,7 +185,36 @@ class Executor:
         return self._process.pid if self._process is not None else None
 
     def start(self, idle: Callable[[], None]) -> None:
-        """Start the child and wait until it is warm, calling `idle` meanwhile."""
+        """Start the child (or adopt the successor) and wait until it is warm, calling
+        `idle` meanwhile."""
+        successor, self._successor = self._successor, None
+        process, conn = successor or self._spawn()
+        try:
+            self._await_ready(process, conn, idle)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                process.kill()
+            conn.close()
+            raise
+        self._process, self._conn, self.jobs_done = process, conn, 0
+
+    def prepare_successor(self) -> None:
+        """Start the child that will replace this one when it is near its job count.
+
+        Recycling after `max_jobs_per_child` then swaps in a warm child instead of
+        stopping every job until a new interpreter has started and loaded its
+        libraries (R: most of a second). Recycling for memory cannot be foreseen and
+        still starts the new child then.
+        """
+        limit = self.service.max_jobs_per_child
+        if not limit or self._successor is not None or self._process is None:
+            return
+        if self.jobs_done >= limit - max(limit // 10, 2 * self.service.prefetch):
+            log.info("starting the next executor child ahead of recycling (%d of %d jobs "
+                     "done)", self.jobs_done, limit)
+            self._successor = self._spawn()
+
+    def _spawn(self) -> tuple[Any, Connection]:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=child_main, name=f"{self.identifier}-executor",
@@ -191,14 +222,17 @@ class Executor:
             daemon=True)
         process.start()
         child_end.close()
-        self._process, self._conn, self.jobs_done = process, parent_end, 0
-        while not parent_end.poll(0.1):
+        return process, parent_end
+
+    @staticmethod
+    def _await_ready(process: Any, conn: Connection, idle: Callable[[], None]) -> None:
+        while not conn.poll(0.1):
             idle()
             if not process.is_alive():
                 raise ExecutorStartFailed(f"executor child exited with code {process.exitcode} "
                                           "while starting")
         try:
-            kind, detail = parent_end.recv()
+            kind, detail = conn.recv()
         except (EOFError, OSError):
             raise ExecutorStartFailed("executor child died while starting") from None
         if kind != "ready":
@@ -296,6 +330,20 @@ class Executor:
             self._conn.send(("stop",))
         self._process.join(5)
         self.kill()
+
+    def shutdown(self) -> None:
+        """Stop the child and any successor started for it: the consumer is exiting."""
+        self.stop()
+        successor, self._successor = self._successor, None
+        if successor is not None:
+            process, conn = successor
+            with contextlib.suppress(OSError, EOFError, BrokenPipeError):
+                conn.send(("stop",))
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            conn.close()
 
     def _reset(self) -> None:
         if self._conn is not None:

@@ -176,6 +176,10 @@ def test_max_jobs_per_child_recycles_the_child_between_jobs(
     log = consumer.log()
     assert log.count("recycling the executor child: 3 jobs done (max_jobs_per_child)") == 2
     assert len(set(CHILD_READY.findall(log))) == 3
+    # Each replacement was started while its predecessor still ran jobs, and adopted warm.
+    events = re.findall(r"starting the next executor child ahead|recycling the executor", log)
+    assert events[:4] == ["starting the next executor child ahead",
+                          "recycling the executor"] * 2
     assert sorted(ledger.marks()) == sorted(job_ids)
     feeder.close()
 
