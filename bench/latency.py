@@ -3,8 +3,11 @@
 Raw: a plain pika client publishes a persistent JSON message with
 `reply_to = amq.rabbitmq.reply-to` to `raw_consumer.py`, which replies and acks; the
 client waits for the reply. gearqueue: `Client.call("echo", ...)` to a real echo
-consumer process (publish with confirm, the job through the executor child with its
-state records, reply, ack). One request at a time; percentiles of the samples after a
+consumer process (queued state record, publish, the job through the executor child with
+its state records, reply, ack). One request at a time; both consumers run for the whole
+measurement and the two sides take turns in batches of BATCH calls, so a busy moment of
+a shared machine weighs on both alike (measured one after the other, a load burst from
+another process could land on one side only). Percentiles of the samples after a
 warm-up.
 """
 
@@ -40,6 +43,8 @@ from gearqueue.config import load_settings
 log = logging.getLogger(__name__)
 
 WARM_UP = 300
+#: Calls in a row on one side before the other side's turn.
+BATCH = 25
 
 
 def _summary(samples: list[float]) -> dict[str, Any]:
@@ -48,67 +53,90 @@ def _summary(samples: list[float]) -> dict[str, Any]:
             "p95_ms": percentile(milliseconds, 0.95), "p99_ms": percentile(milliseconds, 0.99)}
 
 
-def _raw_round_trips(queue: str, count: int) -> list[float]:
-    connection = pika.BlockingConnection(broker_params())
-    channel = connection.channel()
-    replies: list[bytes] = []
-    channel.basic_consume(DIRECT_REPLY_TO, lambda _c, _m, _p, body: replies.append(body),
-                          auto_ack=True)
-    samples = []
-    try:
-        for number in range(count + WARM_UP):
-            job_id = uuid.uuid4().hex
-            started = time.perf_counter()
-            channel.basic_publish("", queue, json.dumps({"data": number}).encode(),
-                                  pika.BasicProperties(
-                                      content_type="application/json", delivery_mode=2,
-                                      message_id=job_id, correlation_id=job_id,
-                                      reply_to=DIRECT_REPLY_TO))
-            while not replies:
-                connection.process_data_events(time_limit=None)
-            samples.append(time.perf_counter() - started)
-            replies.clear()
-    finally:
-        connection.close()
-    return samples[WARM_UP:]
+class _RawCaller:
+    """The raw side: a plain pika client, one persistent request at a time."""
+
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.connection = pika.BlockingConnection(broker_params())
+        self.channel = self.connection.channel()
+        self.replies: list[bytes] = []
+        self.channel.basic_consume(DIRECT_REPLY_TO,
+                                   lambda _c, _m, _p, body: self.replies.append(body),
+                                   auto_ack=True)
+
+    def __call__(self, number: int) -> None:
+        job_id = uuid.uuid4().hex
+        self.channel.basic_publish("", self.queue, json.dumps({"data": number}).encode(),
+                                   pika.BasicProperties(
+                                       content_type="application/json", delivery_mode=2,
+                                       message_id=job_id, correlation_id=job_id,
+                                       reply_to=DIRECT_REPLY_TO))
+        while not self.replies:
+            self.connection.process_data_events(time_limit=None)
+        self.replies.clear()
+
+    def close(self) -> None:
+        self.connection.close()
 
 
-def _call_round_trips(config: Path, count: int) -> list[float]:
-    samples = []
-    with Client(load_settings(config), name="gearqueue-bench") as client:
-        for number in range(count + WARM_UP):
-            started = time.perf_counter()
-            reply = client.call("echo", {"data": number}, timeout=30)
-            samples.append(time.perf_counter() - started)
-            assert reply.get("success") == 1, reply
-    return samples[WARM_UP:]
+class _GearCaller:
+    """The gearqueue side: `Client.call("echo", ...)`."""
+
+    def __init__(self, config: Path) -> None:
+        self.client = Client(load_settings(config), name="gearqueue-bench")
+
+    def __call__(self, number: int) -> None:
+        reply = self.client.call("echo", {"data": number}, timeout=30)
+        assert reply.get("success") == 1, reply
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _interleaved(callers: dict[str, _RawCaller | _GearCaller], count: int
+                 ) -> dict[str, list[float]]:
+    """`count` timed calls of each caller, taking turns in batches of BATCH after WARM_UP
+    untimed ones each, so a busy moment on a shared machine hits both sides alike."""
+    for number in range(WARM_UP):
+        for caller in callers.values():
+            caller(number)
+    samples: dict[str, list[float]] = {name: [] for name in callers}
+    for first in range(0, count, BATCH):
+        for name, caller in callers.items():
+            for number in range(first, min(first + BATCH, count)):
+                started = time.perf_counter()
+                caller(number)
+                samples[name].append(time.perf_counter() - started)
+    return samples
 
 
 def measure(count: int) -> dict[str, object]:
     tag = unique_tag()
     raw_queue, gear_queue = f"{tag}.raw-echo", f"{tag}.echo"
-    result: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix=f"{tag}-") as temp, broker() as admin:
         folder = Path(temp)
+        config = write_gear_ini(folder, {"echo": gear_queue})
         raw = start([PYTHON, str(BENCH / "raw_consumer.py"), raw_queue, "1"],
                     folder / "raw.log")
+        gear = start([PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config",
+                      str(config)], folder / "gear.log")
+        callers: dict[str, _RawCaller | _GearCaller] = {}
         try:
             wait_until(lambda: admin.consumers(raw_queue) >= 1, 30, "raw echo ready",
                        process=raw)
-            result["raw"] = _summary(_raw_round_trips(raw_queue, count))
-        finally:
-            stop(raw)
-            admin.delete_own_queues(tag, [raw_queue])
-        config = write_gear_ini(folder, {"echo": gear_queue})
-        gear = start([PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config",
-                      str(config)], folder / "gear.log")
-        try:
             wait_until(lambda: admin.consumers(gear_queue) >= 1, 60, "echo consumer ready",
                        process=gear)
-            result["call"] = _summary(_call_round_trips(config, count))
+            callers["raw"] = _RawCaller(raw_queue)
+            callers["call"] = _GearCaller(config)
+            samples = _interleaved(callers, count)
         finally:
+            for caller in callers.values():
+                caller.close()
+            stop(raw)
             stop(gear)
-            admin.delete_own_queues(tag, gear_queues(gear_queue))
+            admin.delete_own_queues(tag, [raw_queue, *gear_queues(gear_queue)])
+    result: dict[str, object] = {name: _summary(values) for name, values in samples.items()}
     log.info("latency p50: raw %.2f ms, call() %.2f ms", result["raw"]["p50_ms"],
              result["call"]["p50_ms"])
     return result
