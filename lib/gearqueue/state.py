@@ -1,4 +1,4 @@
-"""Durable job-state records: one small JSON file per job id, written atomically.
+"""Durable job-state records: one SQLite database per job type, one row per job id.
 
 Direct reply-to is at-most-once, so the state record is the durable truth of a job:
 queued -> running -> succeeded | retrying | failed, with its attempt count and result.
@@ -6,27 +6,42 @@ The attempt count is what makes a message that kills its consumer (kill -9, OOM)
 in the dead queue after max_retries, even on classic queues that count nothing.
 
 Concurrency: a per-job lock is held while a job runs, so a redelivered duplicate
-waits for the first copy and then finds its result (exactly-once effect). Records are
-replaced with write-to-temp + rename, so a reader never sees a half-written file.
+waits for the first copy and then finds its result (exactly-once effect). The lock is
+a byte-range lock of its own file, not a database transaction, because it is held for
+the whole job. Each record is written in a transaction of its own, so a reader never
+sees half of one. Consumers, their executor children and web apps write one database at
+once: SQLite's WAL lets readers run beside the one writer, and a writer waits up to
+BUSY_TIMEOUT for the previous one. The folder must be on a local file system (WAL keeps
+its index in shared memory, so every process must be on the same host).
+
+Why SQLite: a record used to be a file replaced by write-to-temp + rename, ~45 us a
+write on ext4 and twice per job; a row in a WAL database costs about half of that and
+a read less than half. Durability is the same as before: a commit survives the crash
+of any process (it is in the WAL file), and a power loss can lose the last commits
+(synchronous=NORMAL does not fsync a commit, just as the rename did not; it fsyncs at
+each checkpoint, every ~1000 pages of WAL).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import ConfigError, UnknownJob
+from .errors import ConfigError, TransientJobError, UnknownJob
 
 
 class JobStatus(str, Enum):
@@ -61,15 +76,42 @@ class JobRecord:
         return cls(**{**data, "status": JobStatus(data["status"])})
 
     def evolve(self, **changes: Any) -> JobRecord:
-        return replace(self, updated=time.time(), **changes)
+        """A copy with `changes` and a fresh `updated` time.
 
+        A direct constructor call: dataclasses.replace costs half as much again, and
+        this runs twice per job. A name that is not a field is left in `changes` and
+        makes the call fail, as replace does.
+        """
+        pop = changes.pop
+        return JobRecord(pop("job_id", self.job_id), pop("job_type", self.job_type),
+                         pop("status", self.status), pop("attempts", self.attempts),
+                         pop("created", self.created), time.time(),
+                         pop("result", self.result), pop("error", self.error),
+                         pop("worker", self.worker), **changes)
+
+
+_RECORD_FIELDS = tuple(item.name for item in fields(JobRecord))
+
+#: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
+_FLOCK = struct.Struct("hh4xqqi4x")
 
 #: Flags of a temp file of `write_atomically`, created private (0600) like mkstemp's.
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
+#: How long a write waits for another writer's transaction before it fails. Writes
+#: take tens of microseconds, so only a stuck or very overloaded host waits this long.
+BUSY_TIMEOUT = 30.0
 
-#: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
-_FLOCK = struct.Struct("hh4xqqi4x")
+#: Stored in the database header (PRAGMA user_version) by `check_writable`.
+SCHEMA_VERSION = 1
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS jobs "
+           "(job_id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID")
+_SELECT = "SELECT record FROM jobs WHERE job_id = ?"
+_REPLACE = "INSERT OR REPLACE INTO jobs (job_id, record) VALUES (?, ?)"
+_INSERT = "INSERT INTO jobs (job_id, record) VALUES (?, ?)"
+
+_T = TypeVar("_T")
 
 
 def lock_offset(job_id: str) -> int:
@@ -78,15 +120,11 @@ def lock_offset(job_id: str) -> int:
                           "big") >> 2
 
 
-_RECORD_FIELDS = tuple(item.name for item in fields(JobRecord))
-
-
 def write_atomically(path: Path | str, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old or the new file, never a mix.
 
-    The temp file is named after the writer (pid, thread) rather than by mkstemp's
-    random retry loop: a job's record has one writer at a time (it holds the job's
-    lock), and this is on every job's path, twice.
+    (No longer used by the state store; jobs use it for their own files.) The temp file
+    is named after the writer (pid, thread) rather than by mkstemp's random retry loop.
     """
     temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     handle = os.open(temp, _TEMP_FLAGS, 0o600)
@@ -102,38 +140,116 @@ def write_atomically(path: Path | str, data: bytes) -> None:
         raise
 
 
+class _Session:
+    """One process's connection to a store's database and the lock its threads share."""
+
+    __slots__ = ("__weakref__", "connection", "mutex", "pid")
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.mutex = threading.Lock()
+        self.connection: sqlite3.Connection | None = None
+        _FORK_GUARD.add(self)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.connection.close()
+            self.connection = None
+
+
+class _ForkGuard:
+    """Closes every store's connection before the process forks, with no store busy.
+
+    A new connection opened in a child whose parent had the same database open at the
+    fork takes no locks at all: SQLite keeps its lock bookkeeping per process and per
+    file, and the child inherits the parent's, which says the locks are held (seen in
+    /proc/locks). Another process could then checkpoint and delete the WAL under the
+    child. Closing first leaves no bookkeeping to inherit, and holding each store's
+    mutex across the fork means no thread is inside SQLite when it happens. This is
+    process-wide by nature, like logging's own at-fork lock handling, hence one
+    instance for the module. The registry holds sessions weakly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: weakref.WeakSet[_Session] = weakref.WeakSet()
+        self._held: list[_Session] = []
+
+    def add(self, session: _Session) -> None:
+        with self._lock:
+            self._sessions.add(session)
+
+    def before_fork(self) -> None:
+        self._lock.acquire()
+        self._held = list(self._sessions)
+        for session in self._held:
+            session.mutex.acquire()
+            session.close()
+
+    def after_fork_in_parent(self) -> None:
+        self._release()
+
+    def after_fork_in_child(self) -> None:
+        for session in self._held:
+            session.pid = os.getpid()
+        self._release()
+
+    def _release(self) -> None:
+        for session in self._held:
+            session.mutex.release()
+        self._held = []
+        self._lock.release()
+
+
+_FORK_GUARD = _ForkGuard()
+os.register_at_fork(before=_FORK_GUARD.before_fork,
+                    after_in_parent=_FORK_GUARD.after_fork_in_parent,
+                    after_in_child=_FORK_GUARD.after_fork_in_child)
+
+
 class StateStore:
-    """Job records of one job type under `<state_dir>/<job_type>/<id[:2]>/<id>.json`."""
+    """Job records of one job type in `<state_dir>/<job_type>/jobs.sqlite3`.
+
+    One connection per store and process, opened on first use and closed before a fork
+    (the child opens its own). Threads share it under a mutex (a web app's threads may
+    share one Client). A single-row write is one statement, atomic on its own (and
+    cheaper without BEGIN and COMMIT around it); `update` and `put_many` run in a BEGIN
+    IMMEDIATE transaction, which takes the write lock before reading, so two writers
+    cannot both read the old record and lose an update. A database still busy after
+    BUSY_TIMEOUT, or a disk error, raises TransientJobError naming the database file.
+    """
 
     def __init__(self, state_dir: Path, job_type: str) -> None:
         self.root = state_dir / job_type
         self.job_type = job_type
+        self.path = self.root / "jobs.sqlite3"
         self._lock_file = f"{self.root}/.locks"
-        #: Bucket folders known to exist: saves a mkdir system call per access.
-        self._folders: set[str] = set()
+        #: One encoder for every write: json.dumps with options builds one per call.
+        self._encode = json.JSONEncoder(separators=(",", ":")).encode
+        self._session = _Session()
+        self._root_made = False
+
+    # --- records -----------------------------------------------------------------
 
     def check_writable(self) -> None:
         """Fail at start-up, not on the first job, when the state folder is unusable."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.root / ".writable", b"")
-        except OSError as error:
-            raise ConfigError(f"state_dir is not writable: {error}",
+            connection = self._open()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                connection.execute("COMMIT")
+            finally:
+                connection.close()
+            os.close(os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigError(f"state_dir is not writable: {self.path}: {error}",
                               section="paths", key="state_dir") from None
 
-    def _path(self, job_id: str, suffix: str) -> str:
-        folder = f"{self.root}/{job_id[:2]}"
-        if folder not in self._folders:
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
-        return f"{folder}/{job_id}{suffix}"
-
     def get(self, job_id: str) -> JobRecord | None:
-        try:
-            with open(self._path(job_id, ".json"), "rb") as stream:
-                return JobRecord.from_json(json.loads(stream.read()))
-        except FileNotFoundError:
-            return None
+        row = self._use(lambda connection: connection.execute(_SELECT, (job_id,)).fetchone())
+        return None if row is None else JobRecord.from_json(json.loads(row[0]))
 
     def require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
@@ -142,29 +258,55 @@ class StateStore:
         return record
 
     def put(self, record: JobRecord) -> JobRecord:
-        write_atomically(self._path(record.job_id, ".json"),
-                         json.dumps(record.to_json(), separators=(",", ":")).encode())
+        row = (record.job_id, self._encode(record.to_json()))
+        self._use(lambda connection: connection.execute(_REPLACE, row))
         return record
 
-    def create(self, record: JobRecord) -> JobRecord:
-        """Store the first record of a job id nobody else knows yet (FileExistsError if any).
+    def put_many(self, records: Iterable[JobRecord]) -> list[JobRecord]:
+        """Store several records in one transaction: all of them or none.
 
-        For ids just generated by the caller (Client.submit_many): no reader can look
-        for the record before the id is handed out, so it is written in place,
-        without put's temp file and rename.
+        One commit instead of one per record (the runner stores job i's result and
+        job i+1's attempt together when it runs a batch).
         """
-        handle = os.open(self._path(record.job_id, ".json"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        records = list(records)
+        rows = [(record.job_id, self._encode(record.to_json())) for record in records]
+
+        def write(connection: sqlite3.Connection) -> None:
+            with _immediate(connection):
+                connection.executemany(_REPLACE, rows)
+
+        self._use(write)
+        return records
+
+    def create(self, record: JobRecord) -> JobRecord:
+        """Store the first record of a job id; FileExistsError if it has one already.
+
+        Client.submit_many relies on the error: a fresh id that exists is a clash.
+        """
+        row = (record.job_id, self._encode(record.to_json()))
         try:
-            os.write(handle, json.dumps(record.to_json(), separators=(",", ":")).encode())
-        finally:
-            os.close(handle)
+            self._use(lambda connection: connection.execute(_INSERT, row))
+        except sqlite3.IntegrityError as error:
+            if error.sqlite_errorname != "SQLITE_CONSTRAINT_PRIMARYKEY":
+                raise
+            raise FileExistsError(errno.EEXIST, f"{self.job_type} job {record.job_id} "
+                                  "already has a state record", str(self.path)) from None
         return record
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
-        """Read-modify-write one record (creating it as queued if absent)."""
-        record = self.get(job_id) or JobRecord(job_id, self.job_type, JobStatus.QUEUED)
-        return self.put(record.evolve(**changes))
+        """Read-modify-write one record (creating it as queued if absent), atomically."""
+
+        def write(connection: sqlite3.Connection) -> JobRecord:
+            with _immediate(connection):
+                row = connection.execute(_SELECT, (job_id,)).fetchone()
+                record = (JobRecord(job_id, self.job_type, JobStatus.QUEUED) if row is None
+                          else JobRecord.from_json(json.loads(row[0]))).evolve(**changes)
+                connection.execute(_REPLACE, (job_id, self._encode(record.to_json())))
+            return record
+
+        return self._use(write)
+
+    # --- locks -------------------------------------------------------------------
 
     @contextlib.contextmanager
     def locked(self, job_id: str) -> Iterator[None]:
@@ -175,9 +317,7 @@ class StateStore:
         processes and other threads alike, like flock, but costs no file creation per
         job (creating a lock file was a fifth of a no-op job's time).
         """
-        if self.root not in self._folders:
-            os.makedirs(self.root, exist_ok=True)
-            self._folders.add(self.root)
+        self._make_root()
         lock = os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.fcntl(lock, fcntl.F_OFD_SETLKW,
@@ -185,3 +325,90 @@ class StateStore:
             yield
         finally:
             os.close(lock)  # closing the only descriptor releases the lock
+
+    # --- the connection ------------------------------------------------------------
+
+    def _use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `work` on this process's connection, one thread at a time."""
+        session = self._session
+        if session.pid != os.getpid():
+            # Forked without Python's at-fork hooks (by C code): never use the parent's
+            # connection, but close it, which resets SQLite's lock bookkeeping (see
+            # _ForkGuard), and leave its mutex, which a vanished thread may hold.
+            session.close()
+            session = self._session = _Session()
+        with session.mutex:
+            try:
+                if session.connection is None:
+                    session.connection = self._open()
+                return work(session.connection)
+            except OSError as error:
+                raise TransientJobError(f"job state store {self.path}: {error}") from error
+            except sqlite3.DatabaseError as error:
+                if not _is_storage_failure(error):
+                    raise
+                raise TransientJobError(f"job state store {self.path}: {error}") from error
+
+    def _open(self) -> sqlite3.Connection:
+        self._make_root()
+        # Created private, as the record files were (SQLite gives its -wal and -shm
+        # files the database file's mode). Only if absent: closing a descriptor of an
+        # open database would drop every POSIX lock this process's connections hold.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o600))
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            connection.execute("PRAGMA synchronous = NORMAL")  # per connection
+            _set_up(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _make_root(self) -> None:
+        if not self._root_made:  # saves a mkdir system call per job
+            os.makedirs(self.root, exist_ok=True)
+            self._root_made = True
+
+
+def _set_up(connection: sqlite3.Connection) -> None:
+    """Make the database WAL (a setting kept in the file) with our table, once.
+
+    Switching to WAL fails at once, without waiting as BUSY_TIMEOUT asks, when another
+    process is opening the new database at the same moment: so this retries.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone() != ("wal",):
+                connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(_SCHEMA)
+            return
+        except sqlite3.OperationalError as error:
+            busy = (error.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY,
+                                                       sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that holds the write lock from its start, or rolls back."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+        raise
+
+
+def _is_storage_failure(error: sqlite3.DatabaseError) -> bool:
+    """Busy, locked, I/O, full, read-only, unopenable (OperationalError) or corrupt
+    (a plain DatabaseError): the store failed, not the caller's data."""
+    return isinstance(error, sqlite3.OperationalError) or type(error) is sqlite3.DatabaseError
