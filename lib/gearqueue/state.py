@@ -73,7 +73,11 @@ class JobRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        return cls(**{**data, "status": JobStatus(data["status"])})
+        # Positional and with a dict for the status: half the cost of cls(**data) with
+        # JobStatus(value), and this runs on every job.
+        return cls(data["job_id"], data["job_type"], _STATUSES[data["status"]],
+                   data["attempts"], data["created"], data["updated"], data["result"],
+                   data["error"], data["worker"])
 
     def evolve(self, **changes: Any) -> JobRecord:
         """A copy with `changes` and a fresh `updated` time.
@@ -91,6 +95,7 @@ class JobRecord:
 
 
 _RECORD_FIELDS = tuple(item.name for item in fields(JobRecord))
+_STATUSES = {status.value: status for status in JobStatus}
 
 #: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
 _FLOCK = struct.Struct("hh4xqqi4x")
