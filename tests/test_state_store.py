@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gearqueue import state
-from gearqueue.errors import ConfigError, TransientJobError, UnknownJob
+from gearqueue.errors import ConfigError, StateStoreUnavailable, UnknownJob
 from gearqueue.state import JobRecord, JobStatus, StateStore
 
 #: Run by several processes at once: count attempts of one job under its lock.
@@ -252,7 +252,7 @@ def test_a_database_locked_past_the_timeout_raises_a_transient_error_naming_it(
     holder = sqlite3.connect(store.path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(TransientJobError, match=r"jobs\.sqlite3.*locked"):
+        with pytest.raises(StateStoreUnavailable, match=r"jobs\.sqlite3.*locked"):
             store.put(queued("job-1"))
     finally:
         holder.execute("ROLLBACK")

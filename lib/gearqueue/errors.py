@@ -63,6 +63,11 @@ class TransientJobError(JobError):
     retryable = True
 
 
+class StateStoreUnavailable(TransientJobError):
+    """The job-state database could not be read or written (locked past the busy
+    timeout, disk full or failing, corrupt): the attempt is retried, not failed."""
+
+
 class ExecutorCrashed(TransientJobError):
     """The executor child died during the job (segfault, R fatal error, kill -9, OOM)."""
 

@@ -41,7 +41,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import ConfigError, TransientJobError, UnknownJob
+from .errors import ConfigError, StateStoreUnavailable, UnknownJob
 
 
 class JobStatus(str, Enum):
@@ -222,7 +222,7 @@ class StateStore:
     cheaper without BEGIN and COMMIT around it); `update` and `put_many` run in a BEGIN
     IMMEDIATE transaction, which takes the write lock before reading, so two writers
     cannot both read the old record and lose an update. A database still busy after
-    BUSY_TIMEOUT, or a disk error, raises TransientJobError naming the database file.
+    BUSY_TIMEOUT, or a disk error, raises StateStoreUnavailable naming the database file.
     """
 
     def __init__(self, state_dir: Path, job_type: str) -> None:
@@ -348,11 +348,11 @@ class StateStore:
                     session.connection = self._open()
                 return work(session.connection)
             except OSError as error:
-                raise TransientJobError(f"job state store {self.path}: {error}") from error
+                raise StateStoreUnavailable(f"job state store {self.path}: {error}") from error
             except sqlite3.DatabaseError as error:
                 if not _is_storage_failure(error):
                     raise
-                raise TransientJobError(f"job state store {self.path}: {error}") from error
+                raise StateStoreUnavailable(f"job state store {self.path}: {error}") from error
 
     def _open(self) -> sqlite3.Connection:
         self._make_root()
