@@ -142,11 +142,9 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
             if timed_out:  # what it left would count against the next run
                 admin.purge_own_queue(tag, queue)
             count = int(min(MAX_COUNT, max(MIN_COUNT, warm * seconds)))
-            # Then run until the consumer is in its steady state. gearqueue's state folder
-            # starts empty here, and ext4 first reads in the metadata of the 256 bucket
-            # folders it spreads over (~8000 jobs: 180 -> 1100 jobs/s, then flat; a fresh
-            # consumer on an existing folder is flat from its first job). A deployed
-            # worker's folder is long warm.
+            # Then run until every consumer is in its steady state (interpreter caches,
+            # the broker's queue process, gearqueue's state database and its executor
+            # child's first recycling), as a deployed worker long is.
             warm_until = time.monotonic() + WARM_UP_SECONDS
             while time.monotonic() < warm_until:
                 _, timed_out = publish_and_wait(system.kind, queue, count, marker, timeout,
