@@ -81,7 +81,9 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
 
 PATH_KEYS: tuple[Key, ...] = (
     Key("state_dir", parse_str, "/var/lib/gear/state",
-        "Job-state records (queued/running/succeeded/failed, attempts, result). Relative "
+        "Job-state records (queued/running/succeeded/failed, attempts, result): one "
+        "SQLite database per job type, <job_type>/jobs.sqlite3, and its lock file. Must be "
+        "on a local file system (SQLite's WAL shares memory between processes). Relative "
         "paths are taken from the folder of gear.ini."),
     Key("datasets_dir", parse_str, "/var/lib/gear/datasets",
         "Target datasets: <dataset_id>.h5ad, .csv or .tsv."),
