@@ -153,28 +153,36 @@ def test_threads_share_one_store(tmp_path: Path) -> None:
     assert store.require("counted").attempts == 400
 
 
-def test_put_many_stores_all_records_in_one_go(tmp_path: Path) -> None:
+def test_create_many_stores_all_records_in_one_go(tmp_path: Path) -> None:
     store = StateStore(tmp_path, "echo")
     records = [queued(f"job-{i}") for i in range(3)]
-    assert store.put_many(iter(records)) == records
+    assert store.create_many(iter(records)) == records
     assert [store.get(f"job-{i}") for i in range(3)] == records
 
 
-def test_put_many_with_a_record_that_cannot_be_serialised_stores_none(tmp_path) -> None:
+def test_create_many_with_one_existing_id_stores_none(tmp_path: Path) -> None:
     store = StateStore(tmp_path, "echo")
-    before = store.put(queued("job-0"))
+    before = store.put(queued("job-1").evolve(status=JobStatus.RUNNING))
+    with pytest.raises(FileExistsError, match=r"job-0, job-1, job-2, \.\.\. already has"):
+        store.create_many([queued(f"job-{i}") for i in range(4)])
+    assert stored_rows(store).keys() == {"job-1"}
+    assert store.get("job-1") == before
+
+
+def test_create_many_with_a_record_that_cannot_be_serialised_stores_none(tmp_path) -> None:
+    store = StateStore(tmp_path, "echo")
+    store.put(queued("earlier"))
     bad = JobRecord("job-1", "echo", JobStatus.SUCCEEDED, result={"value": object()})
     with pytest.raises(TypeError):
-        store.put_many([before.evolve(status=JobStatus.RUNNING), bad, queued("job-2")])
-    assert stored_rows(store).keys() == {"job-0"}
-    assert store.get("job-0") == before
+        store.create_many([queued("job-0"), bad, queued("job-2")])
+    assert stored_rows(store).keys() == {"earlier"}
 
 
-def test_put_many_refused_by_the_database_midway_rolls_back(tmp_path: Path) -> None:
+def test_create_many_refused_by_the_database_midway_rolls_back(tmp_path: Path) -> None:
     store = StateStore(tmp_path, "echo")
     no_id = JobRecord(None, "echo", JobStatus.QUEUED)  # type: ignore[arg-type]
     with pytest.raises(sqlite3.IntegrityError):
-        store.put_many([queued("job-0"), queued("job-1"), no_id, queued("job-3")])
+        store.create_many([queued("job-0"), queued("job-1"), no_id, queued("job-3")])
     assert stored_rows(store) == {}
     store.put(queued("job-4"))  # the connection is usable again
     assert stored_rows(store).keys() == {"job-4"}

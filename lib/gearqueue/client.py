@@ -99,9 +99,9 @@ class Client:
             for job_id, payload in zip(job_ids, payloads, strict=True):
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
-        store = self._store(job_type)
-        for job_id in job_ids:  # fresh random ids: nothing to read, nobody reading yet
-            store.create(JobRecord(job_id, job_type, JobStatus.QUEUED))
+        # Fresh random ids: nothing to read, nobody reading yet; one commit for all.
+        self._store(job_type).create_many(
+            JobRecord(job_id, job_type, JobStatus.QUEUED) for job_id in job_ids)
         self._channel_for(job_type)  # declares the topology once, so the batch is routable
         now = int(time.time())
         messages = [OutgoingMessage(job_id, body, pika.BasicProperties(

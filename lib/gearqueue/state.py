@@ -219,7 +219,7 @@ class StateStore:
     One connection per store and process, opened on first use and closed before a fork
     (the child opens its own). Threads share it under a mutex (a web app's threads may
     share one Client). A single-row write is one statement, atomic on its own (and
-    cheaper without BEGIN and COMMIT around it); `update` and `put_many` run in a BEGIN
+    cheaper without BEGIN and COMMIT around it); `update` and `create_many` run in a BEGIN
     IMMEDIATE transaction, which takes the write lock before reading, so two writers
     cannot both read the old record and lose an update. A database still busy after
     BUSY_TIMEOUT, or a disk error, raises StateStoreUnavailable naming the database file.
@@ -267,36 +267,47 @@ class StateStore:
         self._use(lambda connection: connection.execute(_REPLACE, row))
         return record
 
-    def put_many(self, records: Iterable[JobRecord]) -> list[JobRecord]:
-        """Store several records in one transaction: all of them or none.
+    def create(self, record: JobRecord) -> JobRecord:
+        """Store the first record of a job id; FileExistsError if it has one already.
 
-        One commit instead of one per record (the runner stores job i's result and
-        job i+1's attempt together when it runs a batch).
+        Client.call relies on the error: a record the executor child wrote meanwhile
+        is never set back to queued.
+        """
+        row = (record.job_id, self._encode(record.to_json()))
+        with self._refusing_existing([record.job_id]):
+            self._use(lambda connection: connection.execute(_INSERT, row))
+        return record
+
+    def create_many(self, records: Iterable[JobRecord]) -> list[JobRecord]:
+        """`create` for many records in one transaction: all of them, or none and
+        FileExistsError.
+
+        Client.submit_many stores the queued records of a whole batch with it: one
+        commit instead of one per job (measured ~25 us each, most of a batched
+        submit's time after pika's).
         """
         records = list(records)
         rows = [(record.job_id, self._encode(record.to_json())) for record in records]
 
         def write(connection: sqlite3.Connection) -> None:
             with _immediate(connection):
-                connection.executemany(_REPLACE, rows)
+                connection.executemany(_INSERT, rows)
 
-        self._use(write)
+        with self._refusing_existing([record.job_id for record in records]):
+            self._use(write)
         return records
 
-    def create(self, record: JobRecord) -> JobRecord:
-        """Store the first record of a job id; FileExistsError if it has one already.
-
-        Client.submit_many relies on the error: a fresh id that exists is a clash.
-        """
-        row = (record.job_id, self._encode(record.to_json()))
+    @contextlib.contextmanager
+    def _refusing_existing(self, job_ids: list[str]) -> Iterator[None]:
+        """An insert over an existing id -> FileExistsError naming the job(s)."""
         try:
-            self._use(lambda connection: connection.execute(_INSERT, row))
+            yield
         except sqlite3.IntegrityError as error:
             if error.sqlite_errorname != "SQLITE_CONSTRAINT_PRIMARYKEY":
                 raise
-            raise FileExistsError(errno.EEXIST, f"{self.job_type} job {record.job_id} "
-                                  "already has a state record", str(self.path)) from None
-        return record
+            what = ", ".join(job_ids[:3]) + (", ..." if len(job_ids) > 3 else "")
+            raise FileExistsError(errno.EEXIST, f"{self.job_type} job {what} already has a "
+                                  "state record", str(self.path)) from None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
         """Read-modify-write one record (creating it as queued if absent), atomically."""
