@@ -284,3 +284,27 @@ def test_check_writable_names_state_dir_when_the_database_cannot_be_opened(tmp_p
 def test_check_writable_creates_a_private_database(tmp_path: Path) -> None:
     StateStore(tmp_path, "echo").check_writable()
     assert (tmp_path / "echo" / "jobs.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_records_of_the_file_per_job_store_are_imported_at_start_up(tmp_path: Path) -> None:
+    """Before the database each record was <root>/<id[:2]>/<id>.json. After an upgrade a
+    job that succeeded then must still be found (its redelivery replies from it), and a
+    row the database already has is newer and wins."""
+    root = tmp_path / "echo"
+    succeeded = JobRecord("ab12", "echo", JobStatus.SUCCEEDED, attempts=1,
+                          result={"success": 1, "echo": 7})
+    for folder in ("ab", "cd", "ef"):
+        (root / folder).mkdir(parents=True)
+    (root / "ab" / "ab12.json").write_text(json.dumps(succeeded.to_json()))
+    (root / "ab" / "ab12.json.4242.1.tmp").write_text('{"job_id": "ab1')
+    (root / "cd" / "cd34.json").write_text(json.dumps(queued("cd34").to_json()))
+    (root / "ef" / "ef56.json").write_text("not a record")
+    store = StateStore(tmp_path, "echo")
+    newer = store.put(queued("cd34").evolve(status=JobStatus.RUNNING, attempts=2))
+    store.check_writable()
+    assert store.get("ab12") == succeeded
+    assert store.get("cd34") == newer
+    assert not (root / "ab").exists() and not (root / "cd").exists()
+    assert (root / "ef" / "ef56.json").read_text() == "not a record"  # left for a human
+    StateStore(tmp_path, "echo").check_writable()  # nothing left to import: no change
+    assert stored_rows(store).keys() == {"ab12", "cd34"}

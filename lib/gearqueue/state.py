@@ -29,6 +29,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import struct
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError, StateStoreUnavailable, UnknownJob
+
+log = logging.getLogger(__name__)
 
 
 class JobStatus(str, Enum):
@@ -115,6 +118,7 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS jobs "
 _SELECT = "SELECT record FROM jobs WHERE job_id = ?"
 _REPLACE = "INSERT OR REPLACE INTO jobs (job_id, record) VALUES (?, ?)"
 _INSERT = "INSERT INTO jobs (job_id, record) VALUES (?, ?)"
+_INSERT_OR_KEEP = "INSERT OR IGNORE INTO jobs (job_id, record) VALUES (?, ?)"
 
 _T = TypeVar("_T")
 
@@ -248,9 +252,51 @@ class StateStore:
             finally:
                 connection.close()
             os.close(os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._import_record_files()
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"state_dir is not writable: {self.path}: {error}",
                               section="paths", key="state_dir") from None
+
+    def _import_record_files(self) -> None:
+        """Move records of the file-per-job store into the database, once, at start-up.
+
+        Before this database, each record was `<root>/<id[:2]>/<id>.json`. A job that
+        succeeded then must still be found when its message is redelivered now, or it
+        would run twice. A row already in the database is newer and wins; each file is
+        removed once its record is committed, so an interrupted import resumes.
+        """
+        folders = [entry for entry in os.scandir(self.root)
+                   if entry.is_dir() and len(entry.name) == 2]
+        imported = 0
+        for folder in folders:
+            done, rows = [], []
+            for entry in os.scandir(folder.path):
+                if entry.name.endswith(".tmp"):  # a write the old store never finished
+                    done.append(entry.path)
+                    continue
+                try:
+                    with open(entry.path, "rb") as stream:
+                        record = JobRecord.from_json(json.loads(stream.read()))
+                except (OSError, ValueError, TypeError, KeyError) as error:
+                    log.warning("left %s in place: not a job record (%s)", entry.path, error)
+                    continue
+                rows.append((record.job_id, self._encode(record.to_json())))
+                done.append(entry.path)
+
+            def write(connection: sqlite3.Connection, rows: list[tuple[str, str]] = rows
+                      ) -> None:
+                with _immediate(connection):
+                    connection.executemany(_INSERT_OR_KEEP, rows)
+
+            self._use(write)
+            for path in done:
+                os.unlink(path)
+            with contextlib.suppress(OSError):  # not empty: what was left in place
+                os.rmdir(folder.path)
+            imported += len(rows)
+        if imported:
+            log.info("imported %d job records of the file-per-job store into %s",
+                     imported, self.path)
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._use(lambda connection: connection.execute(_SELECT, (job_id,)).fetchone())
