@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,31 @@ log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
 _READ_SIZE = 1 << 20
+
+
+#: Flags of a temp file of `write_atomically`, created private (0600) like mkstemp's.
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+def write_atomically(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old or the new file, never a mix.
+
+    For small files of one writer at a time (no fsync: see `atomic_output` for outputs
+    that must survive a power loss). The temp file is named after the writer (pid,
+    thread) rather than by mkstemp's random retry loop.
+    """
+    temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    handle = os.open(temp, _TEMP_FLAGS, 0o600)
+    try:
+        try:
+            os.write(handle, data)
+        finally:
+            os.close(handle)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
 
 
 def require_dir(path: Path, key: str) -> Path:

@@ -103,8 +103,6 @@ _STATUSES = {status.value: status for status in JobStatus}
 #: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
 _FLOCK = struct.Struct("hh4xqqi4x")
 
-#: Flags of a temp file of `write_atomically`, created private (0600) like mkstemp's.
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 #: How long a write waits for another writer's transaction before it fails. Writes
 #: take tens of microseconds, so only a stuck or very overloaded host waits this long.
@@ -127,26 +125,6 @@ def lock_offset(job_id: str) -> int:
     """Where a job's lock byte lives in the lock file: 62 bits of a hash of its id."""
     return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(),
                           "big") >> 2
-
-
-def write_atomically(path: Path | str, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old or the new file, never a mix.
-
-    (No longer used by the state store; jobs use it for their own files.) The temp file
-    is named after the writer (pid, thread) rather than by mkstemp's random retry loop.
-    """
-    temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    handle = os.open(temp, _TEMP_FLAGS, 0o600)
-    try:
-        try:
-            os.write(handle, data)
-        finally:
-            os.close(handle)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 class _Session:

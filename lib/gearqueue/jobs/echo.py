@@ -27,7 +27,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
-from ..state import write_atomically
+from ..files import write_atomically
 from .base import Job, JobContext
 from .fields import get_choice, get_field, reject_unknown
 
