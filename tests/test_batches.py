@@ -6,10 +6,12 @@ child, overruns its time limit, or is not a job at all."""
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from amqp import PlainPublisher
+from consumers import ConsumerProcess
 
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, StateStore
@@ -20,12 +22,37 @@ def prefetch_config(make_config) -> Path:
     return make_config(echo_service={"prefetch": 5})
 
 
-def _queued_before_start(publisher: PlainPublisher, bodies: list[dict | bytes]) -> list[str]:
-    """Publish jobs before the consumer runs, so its first deliveries form whole batches."""
-    ids = [f"job-{number}" for number in range(len(bodies))]
-    for job_id, body in zip(ids, bodies, strict=True):
-        publisher.publish(body, job_id, message_id=job_id)
-    return ids
+@dataclass
+class BatchRun:
+    """Jobs `job-0`, `job-1`, ... published before the consumer starts, so its first
+    deliveries form whole batches; run until each has its reply."""
+
+    config: Path
+    publisher: PlainPublisher
+    consumer: ConsumerProcess
+    ids: list[str]
+
+
+@pytest.fixture
+def run_batch(make_config, start_consumer):
+    publishers: list[PlainPublisher] = []
+
+    def run(service: dict[str, object], bodies: list[dict | bytes],
+            settle: float = 0.5) -> BatchRun:
+        config = make_config(echo_service=service)
+        publisher = PlainPublisher(load_settings(config).service("echo").queue)
+        publishers.append(publisher)
+        ids = [f"job-{number}" for number in range(len(bodies))]
+        for job_id, body in zip(ids, bodies, strict=True):
+            publisher.publish(body, job_id, message_id=job_id)
+        consumer = start_consumer(config)
+        publisher.wait_replies(len(ids), timeout=60)
+        publisher.settle(settle)
+        return BatchRun(config, publisher, consumer, ids)
+
+    yield run
+    for publisher in publishers:
+        publisher.close()
 
 
 def _marks(config: Path) -> dict[str, int]:
@@ -75,82 +102,53 @@ def test_sigterm_midway_finishes_what_started_and_gives_back_the_rest(
     assert started == done  # nothing was left half-way (running, unacked)
 
 
-def test_a_crash_mid_batch_fails_that_job_alone(
-        make_config, start_consumer) -> None:
+def test_a_crash_mid_batch_fails_that_job_alone(run_batch) -> None:
     """Job 3 of the first batch kills the child: jobs 0-2 finished before it and jobs
     4-9 had not started. Each of those is done and answered once; job 3 alone is
     retried until it is dead-lettered."""
-    config = make_config(echo_service={"prefetch": 5, "max_retries": 1,
-                                       "retry_backoff": 0.1})
-    settings = load_settings(config)
-    publisher = PlainPublisher(settings.service("echo").queue)
-    try:
-        ids = _queued_before_start(publisher, [
-            {"data": n, "mark": n != 3, **({"fail": "crash"} if n == 3 else {})}
-            for n in range(10)])
-        consumer = start_consumer(config)
-        publisher.wait_replies(10, timeout=60)
-        publisher.settle(1.0)
-        assert {job_id: len(replies) for job_id, replies in publisher.replies.items()} == {
-            job_id: 1 for job_id in ids}
-        for number, job_id in enumerate(ids):
-            reply = publisher.replies[job_id][0]
-            if number == 3:
-                assert reply["success"] == -1 and "executor child died" in reply["message"]
-            else:
-                assert reply == {"success": 1, "echo": number, "attempt": 1}
-        store = StateStore(settings.paths.state_dir, "echo")
-        assert store.require("job-3").status is JobStatus.FAILED
-        assert store.require("job-3").attempts == 2
-        marks = _marks(config)
-        assert {job_id: marks.get(job_id) for job_id in ids if job_id != "job-3"} == {
-            job_id: 1 for job_id in ids if job_id != "job-3"}
-        assert publisher.depth(f"{publisher.queue}.dead") == 1
-        assert publisher.depth(publisher.queue) == 0
-        assert consumer.process.poll() is None
-    finally:
-        publisher.close()
+    run = run_batch({"prefetch": 5, "max_retries": 1, "retry_backoff": 0.1}, [
+        {"data": n, "mark": n != 3, **({"fail": "crash"} if n == 3 else {})}
+        for n in range(10)], settle=1.0)
+    publisher, ids = run.publisher, run.ids
+    assert {job_id: len(replies) for job_id, replies in publisher.replies.items()} == {
+        job_id: 1 for job_id in ids}
+    for number, job_id in enumerate(ids):
+        reply = publisher.replies[job_id][0]
+        if number == 3:
+            assert reply["success"] == -1 and "executor child died" in reply["message"]
+        else:
+            assert reply == {"success": 1, "echo": number, "attempt": 1}
+    store = StateStore(load_settings(run.config).paths.state_dir, "echo")
+    assert store.require("job-3").status is JobStatus.FAILED
+    assert store.require("job-3").attempts == 2
+    marks = _marks(run.config)
+    assert {job_id: marks.get(job_id) for job_id in ids if job_id != "job-3"} == {
+        job_id: 1 for job_id in ids if job_id != "job-3"}
+    assert publisher.depth(f"{publisher.queue}.dead") == 1
+    assert publisher.depth(publisher.queue) == 0
+    assert run.consumer.process.poll() is None
 
 
-def test_a_time_limit_mid_batch_kills_that_job_alone(make_config, start_consumer) -> None:
-    config = make_config(echo_service={"prefetch": 4, "max_retries": 0,
-                                       "time_limit": 1})
-    settings = load_settings(config)
-    publisher = PlainPublisher(settings.service("echo").queue)
-    try:
-        ids = _queued_before_start(publisher, [
-            {"data": n, **({"sleep": 30} if n == 1 else {})} for n in range(4)])
-        consumer = start_consumer(config)
-        publisher.wait_replies(4, timeout=60)
-        publisher.settle(0.5)
-        replies = {job_id: publisher.replies[job_id] for job_id in ids}
-        assert replies["job-1"][0]["success"] == -1
-        assert "time_limit" in replies["job-1"][0]["message"]
-        assert all(replies[job_id] == [{"success": 1, "echo": n, "attempt": 1}]
-                   for n, job_id in enumerate(ids) if n != 1)
-        assert consumer.process.poll() is None
-        assert publisher.depth(publisher.queue) == 0
-    finally:
-        publisher.close()
+def test_a_time_limit_mid_batch_kills_that_job_alone(run_batch) -> None:
+    run = run_batch({"prefetch": 4, "max_retries": 0, "time_limit": 1}, [
+        {"data": n, **({"sleep": 30} if n == 1 else {})} for n in range(4)])
+    replies = {job_id: run.publisher.replies[job_id] for job_id in run.ids}
+    assert replies["job-1"][0]["success"] == -1
+    assert "time_limit" in replies["job-1"][0]["message"]
+    assert all(replies[job_id] == [{"success": 1, "echo": n, "attempt": 1}]
+               for n, job_id in enumerate(run.ids) if n != 1)
+    assert run.consumer.process.poll() is None
+    assert run.publisher.depth(run.publisher.queue) == 0
 
 
-def test_a_bad_message_between_good_ones_is_rejected_in_its_turn(
-        make_config, start_consumer) -> None:
-    config = make_config(echo_service={"prefetch": 10})
-    settings = load_settings(config)
-    publisher = PlainPublisher(settings.service("echo").queue)
-    try:
-        ids = _queued_before_start(publisher, [
-            b"not json" if n == 4 else {"data": n} for n in range(8)])
-        consumer = start_consumer(config)
-        publisher.wait_replies(8, timeout=60)
-        publisher.settle(0.5)
-        bad = publisher.replies["job-4"]
-        assert len(bad) == 1 and bad[0]["success"] == -1 and "JSON" in bad[0]["message"]
-        assert all(publisher.replies[job_id] == [{"success": 1, "echo": n, "attempt": 1}]
-                   for n, job_id in enumerate(ids) if n != 4)
-        assert publisher.depth(f"{publisher.queue}.dead") == 1
-        assert publisher.depth(publisher.queue) == 0
-        assert consumer.process.poll() is None
-    finally:
-        publisher.close()
+def test_a_bad_message_between_good_ones_is_rejected_in_its_turn(run_batch) -> None:
+    run = run_batch({"prefetch": 10}, [
+        b"not json" if n == 4 else {"data": n} for n in range(8)])
+    publisher = run.publisher
+    bad = publisher.replies["job-4"]
+    assert len(bad) == 1 and bad[0]["success"] == -1 and "JSON" in bad[0]["message"]
+    assert all(publisher.replies[job_id] == [{"success": 1, "echo": n, "attempt": 1}]
+               for n, job_id in enumerate(run.ids) if n != 4)
+    assert publisher.depth(f"{publisher.queue}.dead") == 1
+    assert publisher.depth(publisher.queue) == 0
+    assert run.consumer.process.poll() is None
