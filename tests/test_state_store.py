@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gearqueue import state
+from gearqueue import statedb
 from gearqueue.errors import ConfigError, StateStoreUnavailable, UnknownJob
 from gearqueue.state import JobRecord, JobStatus, StateStore
 
@@ -254,7 +254,7 @@ def test_opening_a_second_store_keeps_the_locks_of_the_first(tmp_path: Path) -> 
 
 def test_a_database_locked_past_the_timeout_raises_a_transient_error_naming_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(state, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(statedb, "BUSY_TIMEOUT", 0.2)
     store = StateStore(tmp_path, "echo")
     store.check_writable()
     holder = sqlite3.connect(store.path, isolation_level=None)
@@ -301,10 +301,10 @@ def test_records_of_the_file_per_job_store_are_imported_at_start_up(tmp_path: Pa
     (root / "ef" / "ef56.json").write_text("not a record")
     store = StateStore(tmp_path, "echo")
     newer = store.put(queued("cd34").evolve(status=JobStatus.RUNNING, attempts=2))
-    store.check_writable()
+    store.import_record_files()
     assert store.get("ab12") == succeeded
     assert store.get("cd34") == newer
     assert not (root / "ab").exists() and not (root / "cd").exists()
     assert (root / "ef" / "ef56.json").read_text() == "not a record"  # left for a human
-    StateStore(tmp_path, "echo").check_writable()  # nothing left to import: no change
+    StateStore(tmp_path, "echo").import_record_files()  # nothing left to import
     assert stored_rows(store).keys() == {"ab12", "cd34"}

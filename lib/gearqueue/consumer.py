@@ -87,6 +87,7 @@ class Consumer:
     def run(self) -> None:
         """Serve until stopped. Raises ConfigError/TopologyMismatch/ExecutorStartFailed."""
         self.store.check_writable()
+        self.store.import_record_files()
         self.notifier.status("starting: loading the executor")
         self.executor.start(idle=self.notifier.watchdog)
         failures = 0

@@ -33,16 +33,15 @@ import logging
 import os
 import sqlite3
 import struct
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from .errors import ConfigError, StateStoreUnavailable, UnknownJob
+from .errors import ConfigError, UnknownJob
+from .statedb import Database, immediate
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,6 @@ _STATUSES = {status.value: status for status in JobStatus}
 _FLOCK = struct.Struct("hh4xqqi4x")
 
 
-#: How long a write waits for another writer's transaction before it fails. Writes
-#: take tens of microseconds, so only a stuck or very overloaded host waits this long.
-BUSY_TIMEOUT = 30.0
-
 #: Stored in the database header (PRAGMA user_version) by `check_writable`.
 SCHEMA_VERSION = 1
 
@@ -118,81 +113,10 @@ _REPLACE = "INSERT OR REPLACE INTO jobs (job_id, record) VALUES (?, ?)"
 _INSERT = "INSERT INTO jobs (job_id, record) VALUES (?, ?)"
 _INSERT_OR_KEEP = "INSERT OR IGNORE INTO jobs (job_id, record) VALUES (?, ?)"
 
-_T = TypeVar("_T")
-
-
 def lock_offset(job_id: str) -> int:
     """Where a job's lock byte lives in the lock file: 62 bits of a hash of its id."""
     return int.from_bytes(hashlib.blake2b(job_id.encode(), digest_size=8).digest(),
                           "big") >> 2
-
-
-class _Session:
-    """One process's connection to a store's database and the lock its threads share."""
-
-    __slots__ = ("__weakref__", "connection", "mutex", "pid")
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.mutex = threading.Lock()
-        self.connection: sqlite3.Connection | None = None
-        _FORK_GUARD.add(self)
-
-    def close(self) -> None:
-        if self.connection is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.connection.close()
-            self.connection = None
-
-
-class _ForkGuard:
-    """Closes every store's connection before the process forks, with no store busy.
-
-    A new connection opened in a child whose parent had the same database open at the
-    fork takes no locks at all: SQLite keeps its lock bookkeeping per process and per
-    file, and the child inherits the parent's, which says the locks are held (seen in
-    /proc/locks). Another process could then checkpoint and delete the WAL under the
-    child. Closing first leaves no bookkeeping to inherit, and holding each store's
-    mutex across the fork means no thread is inside SQLite when it happens. This is
-    process-wide by nature, like logging's own at-fork lock handling, hence one
-    instance for the module. The registry holds sessions weakly.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sessions: weakref.WeakSet[_Session] = weakref.WeakSet()
-        self._held: list[_Session] = []
-
-    def add(self, session: _Session) -> None:
-        with self._lock:
-            self._sessions.add(session)
-
-    def before_fork(self) -> None:
-        self._lock.acquire()
-        self._held = list(self._sessions)
-        for session in self._held:
-            session.mutex.acquire()
-            session.close()
-
-    def after_fork_in_parent(self) -> None:
-        self._release()
-
-    def after_fork_in_child(self) -> None:
-        for session in self._held:
-            session.pid = os.getpid()
-        self._release()
-
-    def _release(self) -> None:
-        for session in self._held:
-            session.mutex.release()
-        self._held = []
-        self._lock.release()
-
-
-_FORK_GUARD = _ForkGuard()
-os.register_at_fork(before=_FORK_GUARD.before_fork,
-                    after_in_parent=_FORK_GUARD.after_fork_in_parent,
-                    after_in_child=_FORK_GUARD.after_fork_in_child)
 
 
 class StateStore:
@@ -214,7 +138,7 @@ class StateStore:
         self._lock_file = f"{self.root}/.locks"
         #: One encoder for every write: json.dumps with options builds one per call.
         self._encode = json.JSONEncoder(separators=(",", ":")).encode
-        self._session = _Session()
+        self._db = Database(self.path, _SCHEMA)
         self._root_made = False
 
     # --- records -----------------------------------------------------------------
@@ -222,7 +146,7 @@ class StateStore:
     def check_writable(self) -> None:
         """Fail at start-up, not on the first job, when the state folder is unusable."""
         try:
-            connection = self._open()
+            connection = self._db.open()
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -230,28 +154,33 @@ class StateStore:
             finally:
                 connection.close()
             os.close(os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            self._import_record_files()
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"state_dir is not writable: {self.path}: {error}",
                               section="paths", key="state_dir") from None
 
-    def _import_record_files(self) -> None:
-        """Move records of the file-per-job store into the database, once, at start-up.
+    def import_record_files(self) -> None:
+        """Move records of the file-per-job store into the database (a consumer's start-up).
 
         Before this database, each record was `<root>/<id[:2]>/<id>.json`. A job that
         succeeded then must still be found when its message is redelivered now, or it
         would run twice. A row already in the database is newer and wins; each file is
         removed once its record is committed, so an interrupted import resumes.
         """
-        folders = [entry for entry in os.scandir(self.root)
-                   if entry.is_dir() and len(entry.name) == 2]
-        imported = 0
-        for folder in folders:
-            done, rows = [], []
-            for entry in os.scandir(folder.path):
-                if entry.name.endswith(".tmp"):  # a write the old store never finished
-                    done.append(entry.path)
-                    continue
+        try:
+            imported = sum(self._import_folder(entry.path) for entry in os.scandir(self.root)
+                           if entry.is_dir() and len(entry.name) == 2)
+        except OSError as error:
+            raise ConfigError(f"cannot import the job records in {self.root}: {error}",
+                              section="paths", key="state_dir") from None
+        if imported:
+            log.info("imported %d job records of the file-per-job store into %s",
+                     imported, self.path)
+
+    def _import_folder(self, folder: str) -> int:
+        """One bucket folder of the old store, in one commit; the number of records."""
+        done, rows = [], []
+        for entry in os.scandir(folder):
+            if not entry.name.endswith(".tmp"):  # .tmp: a write the old store never finished
                 try:
                     with open(entry.path, "rb") as stream:
                         record = JobRecord.from_json(json.loads(stream.read()))
@@ -259,25 +188,21 @@ class StateStore:
                     log.warning("left %s in place: not a job record (%s)", entry.path, error)
                     continue
                 rows.append((record.job_id, self._encode(record.to_json())))
-                done.append(entry.path)
+            done.append(entry.path)
 
-            def write(connection: sqlite3.Connection, rows: list[tuple[str, str]] = rows
-                      ) -> None:
-                with _immediate(connection):
-                    connection.executemany(_INSERT_OR_KEEP, rows)
+        def write(connection: sqlite3.Connection) -> None:
+            with immediate(connection):
+                connection.executemany(_INSERT_OR_KEEP, rows)
 
-            self._use(write)
-            for path in done:
-                os.unlink(path)
-            with contextlib.suppress(OSError):  # not empty: what was left in place
-                os.rmdir(folder.path)
-            imported += len(rows)
-        if imported:
-            log.info("imported %d job records of the file-per-job store into %s",
-                     imported, self.path)
+        self._db.use(write)
+        for path in done:
+            os.unlink(path)
+        with contextlib.suppress(OSError):  # not empty: what was left in place
+            os.rmdir(folder)
+        return len(rows)
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._use(lambda connection: connection.execute(_SELECT, (job_id,)).fetchone())
+        row = self._db.use(lambda connection: connection.execute(_SELECT, (job_id,)).fetchone())
         return None if row is None else JobRecord.from_json(json.loads(row[0]))
 
     def require(self, job_id: str) -> JobRecord:
@@ -288,7 +213,7 @@ class StateStore:
 
     def put(self, record: JobRecord) -> JobRecord:
         row = (record.job_id, self._encode(record.to_json()))
-        self._use(lambda connection: connection.execute(_REPLACE, row))
+        self._db.use(lambda connection: connection.execute(_REPLACE, row))
         return record
 
     def create(self, record: JobRecord) -> JobRecord:
@@ -299,7 +224,7 @@ class StateStore:
         """
         row = (record.job_id, self._encode(record.to_json()))
         with self._refusing_existing([record.job_id]):
-            self._use(lambda connection: connection.execute(_INSERT, row))
+            self._db.use(lambda connection: connection.execute(_INSERT, row))
         return record
 
     def create_many(self, records: Iterable[JobRecord]) -> list[JobRecord]:
@@ -314,11 +239,11 @@ class StateStore:
         rows = [(record.job_id, self._encode(record.to_json())) for record in records]
 
         def write(connection: sqlite3.Connection) -> None:
-            with _immediate(connection):
+            with immediate(connection):
                 connection.executemany(_INSERT, rows)
 
         with self._refusing_existing([record.job_id for record in records]):
-            self._use(write)
+            self._db.use(write)
         return records
 
     @contextlib.contextmanager
@@ -337,14 +262,14 @@ class StateStore:
         """Read-modify-write one record (creating it as queued if absent), atomically."""
 
         def write(connection: sqlite3.Connection) -> JobRecord:
-            with _immediate(connection):
+            with immediate(connection):
                 row = connection.execute(_SELECT, (job_id,)).fetchone()
                 record = (JobRecord(job_id, self.job_type, JobStatus.QUEUED) if row is None
                           else JobRecord.from_json(json.loads(row[0]))).evolve(**changes)
                 connection.execute(_REPLACE, (job_id, self._encode(record.to_json())))
             return record
 
-        return self._use(write)
+        return self._db.use(write)
 
     # --- locks -------------------------------------------------------------------
 
@@ -368,87 +293,7 @@ class StateStore:
 
     # --- the connection ------------------------------------------------------------
 
-    def _use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `work` on this process's connection, one thread at a time."""
-        session = self._session
-        if session.pid != os.getpid():
-            # Forked without Python's at-fork hooks (by C code): never use the parent's
-            # connection, but close it, which resets SQLite's lock bookkeeping (see
-            # _ForkGuard), and leave its mutex, which a vanished thread may hold.
-            session.close()
-            session = self._session = _Session()
-        with session.mutex:
-            try:
-                if session.connection is None:
-                    session.connection = self._open()
-                return work(session.connection)
-            except OSError as error:
-                raise StateStoreUnavailable(f"job state store {self.path}: {error}") from error
-            except sqlite3.DatabaseError as error:
-                if not _is_storage_failure(error):
-                    raise
-                raise StateStoreUnavailable(f"job state store {self.path}: {error}") from error
-
-    def _open(self) -> sqlite3.Connection:
-        self._make_root()
-        # Created private, as the record files were (SQLite gives its -wal and -shm
-        # files the database file's mode). Only if absent: closing a descriptor of an
-        # open database would drop every POSIX lock this process's connections hold.
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o600))
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                     check_same_thread=False)
-        try:
-            connection.execute("PRAGMA synchronous = NORMAL")  # per connection
-            _set_up(connection)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
     def _make_root(self) -> None:
         if not self._root_made:  # saves a mkdir system call per job
             os.makedirs(self.root, exist_ok=True)
             self._root_made = True
-
-
-def _set_up(connection: sqlite3.Connection) -> None:
-    """Make the database WAL (a setting kept in the file) with our table, once.
-
-    Switching to WAL fails at once, without waiting as BUSY_TIMEOUT asks, when another
-    process is opening the new database at the same moment: so this retries.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            if connection.execute("PRAGMA journal_mode").fetchone() != ("wal",):
-                connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute(_SCHEMA)
-            return
-        except sqlite3.OperationalError as error:
-            busy = (error.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY,
-                                                       sqlite3.SQLITE_LOCKED)
-            if not busy or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
-@contextlib.contextmanager
-def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that holds the write lock from its start, or rolls back."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("ROLLBACK")
-        raise
-
-
-def _is_storage_failure(error: sqlite3.DatabaseError) -> bool:
-    """Busy, locked, I/O, full, read-only, unopenable (OperationalError) or corrupt
-    (a plain DatabaseError): the store failed, not the caller's data."""
-    return isinstance(error, sqlite3.OperationalError) or type(error) is sqlite3.DatabaseError
