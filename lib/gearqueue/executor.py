@@ -13,34 +13,28 @@ is in a few words of shared memory (`Progress`), which the parent reads on every
 of its loop without waking the child, and which tells it, if the child dies, which
 jobs were done, which one killed it, and which never started.
 
-The child dies with its parent (PR_SET_PDEATHSIG), ignores SIGINT/SIGTERM (the parent
-decides when it stops), and turns SIGUSR1 into SoftTimeLimitExceeded inside the job.
+This module is the parent's side; `child.py` is what runs in the child.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
 
+from .child import Finished, JobOrder, Progress, child_main
 from .config import Settings
-from .errors import GearError, SoftTimeLimitExceeded
-from .log import setup_logging
-from .outcome import Outcome
-from .runner import JobRunner
+from .errors import GearError
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
 
 
 class ExecutorStartFailed(GearError):
@@ -53,113 +47,6 @@ class ExecutorDied(GearError):
     def __init__(self, message: str, done: int) -> None:
         super().__init__(message)
         self.done = done
-
-
-#: One job for the child: (job id, payload, fresh).
-JobOrder = tuple[str, dict[str, Any], bool]
-#: One job back from the child: its outcome and the seconds it took.
-Finished = tuple[Outcome, float]
-
-#: Slots of the shared `Progress` array.
-_INDEX, _STARTED, _STOP = range(3)
-
-
-class Progress:
-    """Shared memory between the consumer and its child about the batch in hand.
-
-    The child writes the index of the job it starts and when (CLOCK_MONOTONIC, one
-    clock for every process) before it runs it, so after the child dies, jobs below
-    the index are done (their records are stored), the job at it was running, and
-    the ones above never started. The parent writes the stop flag: finish the
-    current job, start no further one.
-    """
-
-    def __init__(self, context: Any) -> None:
-        self.slots = context.RawArray("d", 3)
-        self.reset()
-
-    def reset(self) -> None:
-        self.slots[_INDEX], self.slots[_STARTED], self.slots[_STOP] = -1.0, 0.0, 0.0
-
-    def begin(self, index: int) -> None:
-        self.slots[_STARTED] = time.monotonic()
-        self.slots[_INDEX] = float(index)
-
-    @property
-    def index(self) -> int:
-        return int(self.slots[_INDEX])
-
-    @property
-    def started(self) -> float:
-        return self.slots[_STARTED]
-
-    def ask_to_stop(self) -> None:
-        self.slots[_STOP] = 1.0
-
-    @property
-    def stop_asked(self) -> bool:
-        return bool(self.slots[_STOP])
-
-
-class SoftLimitSignal:
-    """SIGUSR1 -> SoftTimeLimitExceeded, but only while a job's own code runs."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        signal.signal(signal.SIGUSR1, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        if self.armed:
-            self.armed = False
-            raise SoftTimeLimitExceeded("soft time limit exceeded (soft_time_limit)")
-
-    @contextlib.contextmanager
-    def during_job(self) -> Iterator[None]:
-        self.armed = True
-        try:
-            yield
-        finally:
-            self.armed = False
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def child_main(conn: Connection, settings: Settings, job_type: str, identifier: str,
-               progress: Progress) -> None:
-    """Entry point of the executor child (spawned: a fresh interpreter)."""
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    setup_logging(identifier)
-    soft_limit = SoftLimitSignal()
-    try:
-        runner = JobRunner(settings, job_type, isolated=True, guard=soft_limit.during_job)
-        runner.warm_up()
-    except Exception as error:
-        log.exception("executor child failed to start")
-        conn.send(("error", f"{type(error).__name__}: {error}"))
-        return
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message[0] == "stop":
-            return
-        outcomes = []
-        for index, (job_id, payload, fresh) in enumerate(message[1]):
-            if progress.stop_asked:
-                break
-            progress.begin(index)
-            started = time.monotonic()
-            outcome = runner.execute(job_id, payload, fresh=fresh)
-            outcomes.append((outcome, time.monotonic() - started))
-        conn.send(("done", outcomes))
 
 
 class Executor:
