@@ -200,7 +200,15 @@ class PostgresStore(RecordStore):
                     raise self._unavailable(error) from error
                 log.info("state store %s: a pooled connection was broken (%s); once more",
                          self.where, error)
+                self._drop_broken(pool)
         raise AssertionError("unreachable")
+
+    def _drop_broken(self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]]
+                     ) -> None:
+        """A broken connection usually means the server restarted, so its idle pooled
+        siblings are broken too: check them all now rather than fail on each in turn."""
+        with contextlib.suppress(*_UNAVAILABLE):
+            pool.check()
 
     def _on_held(self, job_id: str, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
         """Run `work` on the connection of this thread's lock of `job_id` if it holds
@@ -367,6 +375,7 @@ class PostgresStore(RecordStore):
                 pool.putconn(connection)  # broken: the pool drops it
                 if attempt == 2:
                     raise self._unavailable(error) from error
+                self._drop_broken(pool)
             except BaseException:
                 pool.putconn(connection)
                 raise
