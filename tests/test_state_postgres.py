@@ -175,3 +175,49 @@ def test_a_consumers_jobs_survive_a_restart_of_the_database(
     records = ledger.records(job_ids)
     assert records["job-0"] is not None and records["job-0"].attempts == 2, consumer.log()
     ledger.store.close()
+
+
+def test_state_migrate_copies_the_sqlite_state_into_postgresql_once(
+        make_config, database: str, capsys) -> None:
+    from gearqueue.cli import main
+    from gearqueue.state.sqlite import SqliteStore
+
+    config = make_config()
+    settings = load_settings(config)
+    sqlite = SqliteStore(settings.paths.state_dir, "echo")
+    sqlite.queued("waiting")
+    sqlite.succeeded("done", {"success": 1, "echo": 7})
+    sqlite.failed("broken", 4, {"class": "Busy"}, {"success": 0}, retrying=False)
+    target = PostgresStore(database, "echo")
+    newer = target.begin_attempt("waiting", 1, "host-b")  # written after the switch
+    argv = ["--config", str(config), "state", "migrate", "--to", database]
+    assert main(argv) == 0
+    assert "echo: 2 record(s) copied" in capsys.readouterr().out
+    assert {record.job_id: record for record in target.records()} == {
+        "waiting": newer, "done": sqlite.require("done"), "broken": sqlite.require("broken")}
+    assert main(argv) == 0  # again: nothing copied twice, nothing overwritten
+    assert "echo: 0 record(s) copied" in capsys.readouterr().out
+    assert target.require("waiting") == newer
+    switched = open_store(load_settings(make_config("switched.ini", state={"url": database})),
+                          "echo")
+    assert switched.require("done").result == {"success": 1, "echo": 7}
+    for store in (sqlite, target, switched):
+        store.close()
+
+
+def test_doctor_checks_the_state_database(make_config, database: str) -> None:
+    from test_doctor import about, doctor
+
+    config = make_config(state={"url": database}, echo_service={"queue_enabled": 0})
+    code, findings = doctor(config, "echo")
+    assert code == 0
+    assert about(findings, "echo")[:2] == [
+        ("ok", f"job-state database {database} is reachable, schema version "
+               f"{SCHEMA_VERSION}"),
+        ("ok", "job locks work (an advisory lock held on its own connection)")]
+    unreachable = make_config("down.ini", state={"url": "postgresql://gear@127.0.0.1:1/x"},
+                              echo_service={"queue_enabled": 0})
+    code, findings = doctor(unreachable, "echo")
+    assert code == 1
+    level, message = about(findings, "echo")[0]
+    assert level == "fail" and "[state]" in message and "not reachable" in message
