@@ -32,7 +32,7 @@ from .errors import (
     ReplyTimeout,
     UnroutableError,
 )
-from .jobs.fields import SAFE_ID
+from .fields import SAFE_ID
 from .runner import JobRunner
 from .state import JobRecord, JobStatus, StateStore
 

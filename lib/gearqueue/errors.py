@@ -63,6 +63,10 @@ class TransientJobError(JobError):
     retryable = True
 
 
+class MatrixFormatError(PermanentJobError):
+    """A matrix file is not what it should be: the message names the file and the place."""
+
+
 class StateStoreUnavailable(TransientJobError):
     """The job-state database could not be read or written (locked past the busy
     timeout, disk full or failing, corrupt): the attempt is retried, not failed."""

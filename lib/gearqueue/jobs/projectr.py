@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import JobError, PermanentJobError
+from ..matrices.targets import open_target
 from ..projectr import locks
 from ..projectr.carts import Loadings, read_cart
 from ..projectr.engine import DEFAULT_ENGINE, Engine, make_engine
@@ -21,7 +22,6 @@ from ..projectr.matching import check_matched_loadings, match_genes
 from ..projectr.outputs import ProjectionFiles, find_complete, publish, require_root
 from ..projectr.projection import CHUNK_BYTES, ProjectionResult, project
 from ..projectr.request import LEAST_SQUARES, ProjectRRequest, parse_request
-from ..projectr.targets import open_target
 from .base import Job, JobContext
 
 COMPUTED, REUSED = 1, 2
