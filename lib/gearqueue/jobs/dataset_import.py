@@ -24,6 +24,7 @@ from ..fields import get_choice, get_field, get_safe_id, reject_unknown
 from ..files import (
     atomic_output,
     describe,
+    exclusive,
     remove_stale_temps,
     require_dir,
     require_space,
@@ -33,7 +34,6 @@ from ..matrices.convert import MatrixSummary, check_h5ad, copy_h5ad, stamp, text
 from ..matrices.delimited import DELIMITERS, GZIP_MAGIC
 from ..matrices.h5ad_writer import read_provenance
 from ..matrices.targets import TARGET_SUFFIXES
-from ..projectr.locks import exclusive
 from .base import Job, JobContext
 
 FORMATS = ("csv", "tsv", "h5ad")

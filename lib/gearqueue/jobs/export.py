@@ -19,13 +19,12 @@ from typing import Any, cast
 
 from ..errors import PermanentJobError, TransientJobError
 from ..fields import get_choice, get_safe_id, reject_unknown
-from ..files import atomic_output, describe, remove_stale_temps, require_dir
+from ..files import atomic_output, describe, exclusive, remove_stale_temps, require_dir
 from ..matrices import GeneBlock
 from ..matrices.chunks import gene_blocks
 from ..matrices.delimited import DELIMITERS, DelimitedReader, write_delimited
 from ..matrices.tables import read_text_matrix
 from ..matrices.targets import find_target, open_target
-from ..projectr.locks import exclusive
 from ..projectr.outputs import ProjectionFiles
 from .base import Job, JobContext
 

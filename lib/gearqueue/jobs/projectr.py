@@ -14,8 +14,8 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import JobError, PermanentJobError
+from ..files import exclusive
 from ..matrices.targets import open_target
-from ..projectr import locks
 from ..projectr.carts import Loadings, read_cart
 from ..projectr.engine import DEFAULT_ENGINE, Engine, make_engine
 from ..projectr.matching import check_matched_loadings, match_genes
@@ -62,7 +62,7 @@ class ProjectRJob(Job[ProjectRRequest]):
         require_root(files)  # before the lock file's folder is created under it
         done = find_complete(files, request.algorithm, request.zscore, needs_pval)
         if done is None:
-            with locks.exclusive(files.lock, purpose=f"projection {request.projection_id}"):
+            with exclusive(files.lock, purpose=f"projection {request.projection_id}"):
                 # Another worker may have finished it while we waited for the lock.
                 done = find_complete(files, request.algorithm, request.zscore, needs_pval)
                 if done is None:

@@ -10,6 +10,6 @@ tables are read by `gearqueue.matrices`, which every job shares.
 - `engine`     what an engine is and which one runs; `r_engine` (+ `projectr.R`) is the
   reference and the default, `numpy_engine` (+ `linpack`) agrees with it to 1e-8
 - `projection` the chunk loop: z-scores, missing values, centring over all samples
-- `outputs`    result CSVs and the projections.json indexes, written atomically
-- `locks`      advisory file locks (one computation per projection id)
+- `outputs`    result CSVs and the projections.json indexes, written atomically (and
+  locked with `gearqueue.files.exclusive`)
 """
