@@ -27,12 +27,12 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import topology
-from .broker import close_quietly, connect, converted_errors
-from .config import Settings
-from .envelope import job_id_of
-from .errors import NotInDeadQueue, PublishError
-from .state import JobRecord, JobStatus, StateStore
+from .. import topology
+from ..broker import close_quietly, connect, converted_errors
+from ..config import Settings
+from ..envelope import job_id_of
+from ..errors import NotInDeadQueue, PublishError
+from ..state import JobRecord, JobStatus, StateStore
 
 log = logging.getLogger(__name__)
 
