@@ -25,6 +25,8 @@ import pika
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
+from .errors import DuplicateJobIds
+
 log = logging.getLogger(__name__)
 
 #: Unconfirmed messages in flight at most; bounds memory in pika and in the broker.
@@ -189,7 +191,7 @@ def publish_batch(parameters: Sequence[pika.ConnectionParameters], exchange: str
     a connection lost halfway is not retried (the report says which jobs are unknown).
     """
     if len({message.job_id for message in messages}) != len(messages):
-        raise ValueError("job ids in a batch must be unique")
+        raise DuplicateJobIds("job ids in a batch must be unique")
     if not messages:
         return BatchReport()
     run: _BatchRun | None = None
