@@ -33,10 +33,8 @@ class ProjectRJob(Job[ProjectRRequest]):
     def __init__(self, settings: Settings, *, engine: str | None = None,
                  chunk_bytes: int = CHUNK_BYTES) -> None:
         super().__init__(settings)
-        # Explicit choice: the argument, else a [projectr_service] engine key if the
-        # settings have one, else R (the reference implementation).
-        configured = getattr(settings.services.get(self.name), "engine", None)
-        self.engine_name: str = engine or configured or DEFAULT_ENGINE
+        # The argument (tests, benchmarks), else R, the reference implementation.
+        self.engine_name: str = engine or DEFAULT_ENGINE
         self.chunk_bytes = chunk_bytes
         self._engine: Engine | None = None
 
