@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
+from pika.connection import Parameters
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
@@ -77,7 +78,7 @@ class BatchReport:
 class _BatchRun:
     """One attempt on one connection; drives a SelectConnection until the batch is settled."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, exchange: str, routing_key: str,
+    def __init__(self, parameters: Parameters, exchange: str, routing_key: str,
                  messages: Sequence[OutgoingMessage], window: int, timeout: float) -> None:
         self.exchange, self.routing_key = exchange, routing_key
         self.messages = messages
@@ -182,7 +183,7 @@ class _BatchRun:
         return report
 
 
-def publish_batch(parameters: Sequence[pika.ConnectionParameters], exchange: str,
+def publish_batch(parameters: Sequence[Parameters], exchange: str,
                   routing_key: str, messages: Sequence[OutgoingMessage], *,
                   window: int = DEFAULT_WINDOW, timeout: float = 60.0) -> BatchReport:
     """Publish `messages` (persistent, mandatory) and account for every one of them.

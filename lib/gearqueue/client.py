@@ -292,8 +292,9 @@ class Client:
 
     def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties,
                   body: bytes) -> None:
+        job_id = properties.correlation_id or ""  # no job has the empty id
         try:
-            self._replies[properties.correlation_id] = json.loads(body)
+            self._replies[job_id] = json.loads(body)
         except (ValueError, TypeError):
-            self._replies[properties.correlation_id] = {
+            self._replies[job_id] = {
                 "success": -1, "message": f"unreadable reply: {body[:200]!r}"}

@@ -143,6 +143,9 @@ class DeadQueue:
                 method, properties, body = channel.basic_get(self.queue, auto_ack=False)
                 if method is None:
                     break
+                # A Get-Ok always has these; pika's None is for Get-Empty (method None).
+                assert method.delivery_tag is not None and properties is not None
+                assert body is not None
                 letters.append(DeadLetter(job_id_of(properties, body), method.delivery_tag,
                                           properties, body))
         return letters
