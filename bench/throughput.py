@@ -116,7 +116,7 @@ IN_REDIS = "Redis"  # replaced by what Redis's settings make of it (redis_store.
 RAW = Guarantees("yes: after the reply", NO_RESULT, "no", "no")
 GEAR = Guarantees(
     "yes: after the result is stored and the reply sent",
-    "SQLite WAL, synchronous=NORMAL, before the reply and ack: survives any process "
+    "yes: SQLite WAL, synchronous=NORMAL, before the reply and ack: survives any process "
     "crash; a power loss can lose the last commits",
     "yes: per job id, under its lock; a redelivered finished job gets its stored reply",
     "yes: attempt stored before the job runs; past max_retries, dead-lettered")
