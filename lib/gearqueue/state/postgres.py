@@ -113,7 +113,7 @@ def conninfo(url: str, environ: Mapping[str, str] = os.environ) -> str:
                              if key not in given}
     extra.setdefault("connect_timeout", str(int(CONNECT_TIMEOUT)))
     extra["application_name"] = given.get("application_name", "gearqueue")
-    options = given.get("options", "")
+    options = str(given.get("options") or "")
     if "synchronous_commit" not in options:
         options += f" {COMMIT_MODE}"
     extra["options"] = f"{options} {SERVER_KEEPALIVES}".strip()

@@ -27,12 +27,12 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import topology
-from .broker import close_quietly, connect, converted_errors
-from .config import Settings
-from .envelope import job_id_of
-from .errors import NotInDeadQueue, PublishError
-from .state import JobRecord, open_store
+from .. import topology
+from ..broker import close_quietly, connect, converted_errors
+from ..config import Settings
+from ..envelope import job_id_of
+from ..errors import NotInDeadQueue, PublishError
+from ..state import JobRecord, open_store
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ class DeadQueue:
                 method, properties, body = channel.basic_get(self.queue, auto_ack=False)
                 if method is None:
                     break
+                # A Get-Ok always has these; pika's None is for Get-Empty (method None).
+                assert method.delivery_tag is not None and properties is not None
+                assert body is not None
                 letters.append(DeadLetter(job_id_of(properties, body), method.delivery_tag,
                                           properties, body))
         return letters
