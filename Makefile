@@ -15,6 +15,10 @@ test: install  ## the whole suite: real broker, real R, real systemd
 	$(VENV)/bin/ruff check lib listeners tests bench scripts
 	$(VENV)/bin/python -m mypy  # lib and listeners: [tool.mypy] in pyproject.toml
 	$(VENV)/bin/python -m pytest -q tests
+	# The consumer and client tests again, on the PostgreSQL job-state store (the
+	# state-store suite runs on both backends in the line above already).
+	GEAR_TEST_STATE_BACKEND=postgresql $(VENV)/bin/python -m pytest -q \
+		tests/test_echo_queue.py tests/test_call.py tests/test_in_process.py
 
 bench: install  ## side-by-side benchmarks; figures in bench/results/
 	$(VENV)/bin/pip install -q -e '.[bench]'

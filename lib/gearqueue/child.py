@@ -125,11 +125,12 @@ def child_main(conn: Connection, settings: Settings, job_type: str, identifier: 
         if message[0] == "stop":
             return
         outcomes = []
-        for index, (job_id, payload, fresh) in enumerate(message[1]):
-            if progress.stop_asked:
-                break
-            progress.begin(index)
-            started = time.monotonic()
-            outcome = runner.execute(job_id, payload, fresh=fresh)
-            outcomes.append((outcome, time.monotonic() - started))
+        with runner.store.batch(job_id for job_id, _, _ in message[1]):  # one commit a job
+            for index, (job_id, payload, fresh) in enumerate(message[1]):
+                if progress.stop_asked:
+                    break
+                progress.begin(index)
+                started = time.monotonic()
+                outcome = runner.execute(job_id, payload, fresh=fresh)
+                outcomes.append((outcome, time.monotonic() - started))
         conn.send(("done", outcomes))

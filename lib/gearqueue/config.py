@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,12 @@ class PathSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    #: Empty: SQLite under paths.state_dir; else a postgresql:// URL.
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     job_type: str
     queue_enabled: bool
@@ -74,6 +81,7 @@ class Settings:
     rabbitmq: RabbitSettings
     paths: PathSettings
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+    state: StateSettings = field(default_factory=StateSettings)
 
     def service(self, job_type: str) -> ServiceSettings:
         try:
@@ -174,6 +182,12 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
     path_values = values("paths", defaults.PATH_KEYS)
     paths = PathSettings(**{name: base / value for name, value in path_values.items()})
 
+    state = StateSettings(**values("state", defaults.STATE_KEYS))
+    if state.url and not state.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"not a postgresql:// URL: {mask_url(state.url)!r} (empty: "
+                          "SQLite under [paths] state_dir)", path=str(path), section="state",
+                          key="url")
+
     services = {}
     for name in JOB_TYPES:
         section = service_section(name)
@@ -182,7 +196,7 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
         _check_service(service, path, section)
         services[name] = service
     return Settings(source=path, rabbitmq=RabbitSettings(urls=urls, **rabbit), paths=paths,
-                    services=services)
+                    services=services, state=state)
 
 
 def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
@@ -200,6 +214,7 @@ def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for logs and check-config."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:

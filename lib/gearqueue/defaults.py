@@ -81,7 +81,8 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
 
 PATH_KEYS: tuple[Key, ...] = (
     Key("state_dir", parse_str, "/var/lib/gear/state",
-        "Job-state records (queued/running/succeeded/failed, attempts, result): one "
+        "Job-state records (queued/running/succeeded/failed, attempts, result), unless "
+        "[state] url names a database: one "
         "SQLite database per job type, <job_type>/jobs.sqlite3, and its lock file. Must be "
         "on a local file system (SQLite's WAL shares memory between processes). Relative "
         "paths are taken from the folder of gear.ini."),
@@ -94,6 +95,14 @@ PATH_KEYS: tuple[Key, ...] = (
     Key("uploads_dir", parse_str, "/var/lib/gear/uploads",
         "dataset_import reads uploaded files from here."),
     Key("exports_dir", parse_str, "/var/lib/gear/exports", "export writes its files here."),
+)
+
+STATE_KEYS: tuple[Key, ...] = (
+    Key("url", parse_str, "",
+        "Where job-state records live. Empty: embedded SQLite under [paths] state_dir, for "
+        "one machine. A postgresql:// URL (libpq), e.g. postgresql://gear@db-host/gear: one "
+        "PostgreSQL database shared by the web API and the consumers of every host "
+        "(docs/scaling.md). A password may come from $GEAR_STATE_PASSWORD or ~/.pgpass."),
 )
 
 SERVICE_KEYS: tuple[Key, ...] = (
@@ -147,6 +156,7 @@ SERVICE_KEYS: tuple[Key, ...] = (
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
     "rabbitmq": RABBITMQ_KEYS,
     "paths": PATH_KEYS,
+    "state": STATE_KEYS,
 }
 
 #: Where gear.ini is looked for when no --config is given (after $GEAR_INI).

@@ -110,7 +110,8 @@ class JobRunner:
             job_id=job_id, job_type=self.service.job_type, attempt=attempt,
             settings=self.settings, isolated=self.isolated,
             log=logging.LoggerAdapter(log, fields(job_id=job_id, attempt=attempt,
-                                                  job_type=self.service.job_type)))
+                                                  job_type=self.service.job_type)),
+            confirm_lock=lambda: self.store.confirm_locked(job_id))
         try:
             with self.guard():
                 reply = self.job.run(self.job.validate(payload), context)

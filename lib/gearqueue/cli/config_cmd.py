@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         "rabbitmq": rabbit,
         "paths": {key: str(value) for key, value in
                   dataclasses.asdict(settings.paths).items()},
+        "state": {"url": mask_url(settings.state.url)},
     }
     for name, service in settings.services.items():
         values = dataclasses.asdict(service)

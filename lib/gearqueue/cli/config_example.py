@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ..defaults import PATH_KEYS, RABBITMQ_KEYS, SERVICE_KEYS, Key
+from ..defaults import PATH_KEYS, RABBITMQ_KEYS, SERVICE_KEYS, STATE_KEYS, Key
 from ..jobtypes import JOB_TYPES
 
 HEADER = """\
@@ -43,6 +43,7 @@ def render_example() -> str:
     lines = [HEADER]
     lines += _section("rabbitmq", RABBITMQ_KEYS)
     lines += _section("paths", PATH_KEYS)
+    lines += _section("state", STATE_KEYS)
     for job_type in JOB_TYPES:
         lines += _section(f"{job_type}_service", SERVICE_KEYS, job_type,
                           intro=f"The {job_type} job type (queue {job_type}_jobs).")

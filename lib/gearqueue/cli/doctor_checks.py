@@ -31,7 +31,7 @@ import pika.exceptions as pe
 from .. import topology
 from ..broker import close_quietly, connect, server_version
 from ..config import ServiceSettings, Settings, mask_url
-from ..errors import BrokerUnavailable, ConfigError
+from ..errors import BrokerUnavailable, ConfigError, StateStoreUnavailable
 from ..session import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
 from ..state import open_store
 
@@ -188,6 +188,41 @@ def check_service(connection: pika.BlockingConnection, service: ServiceSettings
                       "broker (its state stays 'retrying'); see docs/failure-handling.md")
 
 
+#: The job id whose lock the doctor takes and gives back, to see that locking works.
+LOCK_PROBE = "gearqueue-doctor-lock-probe"
+
+
+def check_state_store(settings: Settings, job_type: str) -> Iterator[Finding]:
+    """The job-state backend of `job_type`: usable; on PostgreSQL also its schema
+    version and that a job lock can be taken and confirmed on its connection."""
+    store = open_store(settings, job_type)
+    try:
+        try:
+            store.check_writable()
+        except ConfigError as error:
+            yield Finding(Level.FAIL, job_type, str(error))
+            return
+        if not settings.state.url:
+            yield Finding(Level.OK, job_type, f"state_dir {settings.paths.state_dir} is "
+                          "writable")
+            return
+        from ..state.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        where = mask_url(settings.state.url)
+        yield Finding(Level.OK, job_type, f"job-state database {where} is reachable, "
+                      f"schema version {store.schema_version()}")
+        try:
+            with store.locked(LOCK_PROBE):
+                store.confirm_locked(LOCK_PROBE)
+            yield Finding(Level.OK, job_type, "job locks work (an advisory lock held on "
+                          "its own connection)")
+        except StateStoreUnavailable as error:
+            yield Finding(Level.FAIL, job_type, f"job locks do not work: {error}")
+    finally:
+        store.close()
+
+
 def diagnose(settings: Settings, job_types: list[str],
              environ: Mapping[str, str] = os.environ) -> Iterator[Finding]:
     """Every finding for `job_types`, broker by broker."""
@@ -197,12 +232,7 @@ def diagnose(settings: Settings, job_types: list[str],
     by_broker: dict[tuple[str, ...], list[ServiceSettings]] = {}
     for job_type in job_types:
         service = settings.service(job_type)
-        try:
-            open_store(settings, job_type).check_writable()
-            yield Finding(Level.OK, job_type, f"state_dir {settings.paths.state_dir} is "
-                          "writable")
-        except ConfigError as error:
-            yield Finding(Level.FAIL, job_type, str(error))
+        yield from check_state_store(settings, job_type)
         if not service.queue_enabled:
             yield Finding(Level.INFO, job_type, "queue_enabled = 0: jobs run in the "
                           "caller's process; no broker needed")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -33,6 +33,9 @@ class JobContext:
     #: in-process in the caller (queue_enabled = 0).
     isolated: bool
     log: logging.LoggerAdapter[logging.Logger]
+    #: Raises StateStoreUnavailable if the job's lock was lost (its PostgreSQL
+    #: connection died): a job calls it just before it makes its effect.
+    confirm_lock: Callable[[], None] = lambda: None
 
 
 class Job(ABC, Generic[Request]):

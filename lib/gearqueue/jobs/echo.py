@@ -94,6 +94,7 @@ class EchoJob(Job[EchoRequest]):
         return {"success": 1, "echo": request.data, "attempt": context.attempt}
 
     def _mark(self, context: JobContext) -> None:
+        context.confirm_lock()  # a job whose lock is gone makes no effect
         folder = self.settings.paths.exports_dir / MARKS_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         mark = folder / context.job_id
