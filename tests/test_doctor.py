@@ -17,7 +17,7 @@ from conftest import BROKER_URL
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.session import consumer_arguments
+from gearqueue.worker.channel import consumer_arguments
 
 
 def doctor(config: Path, *args: str, env: dict[str, str] | None = None

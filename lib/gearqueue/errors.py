@@ -140,6 +140,24 @@ class NotInDeadQueue(UnknownJob):
     """No message with that job id is in the dead queue of its job type."""
 
 
+# --- executor child -----------------------------------------------------------------
+
+
+class ExecutorStartFailed(GearError):
+    """The executor child could not start or warm up (e.g. R or a library is missing)."""
+
+
+class ExecutorDied(GearError):
+    """The executor child exited while running a batch; `done` jobs of it had finished.
+
+    Raised by the executor handle and handled by the consumer loop, which settles the
+    batch around it (the job at `done` failed with ExecutorCrashed)."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 # --- systemd ---------------------------------------------------------------------
 
 
