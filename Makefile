@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test test-fast lint bench bench-quick clean
 
 install:  ## set up everything for development (idempotent)
 	./install.sh --dev
@@ -11,9 +11,13 @@ install:  ## set up everything for development (idempotent)
 demo: install  ## a real projection through the queue, printed
 	$(PY) scripts/demo.py
 
-test: install  ## the whole suite: real broker, real R, real systemd
+test: install  ## the whole suite: real broker, real R, real systemd (its run time is printed)
 	$(VENV)/bin/ruff check lib listeners tests bench scripts
-	$(VENV)/bin/python -m pytest -q tests
+	time $(VENV)/bin/python -m pytest -q --durations=15 tests
+
+test-fast: install  ## the fast tier only: no broker, R or systemd (tests not marked slow)
+	$(VENV)/bin/ruff check lib listeners tests bench scripts
+	time $(VENV)/bin/python -m pytest -q --durations=15 -m "not slow" tests
 
 bench: install  ## side-by-side benchmarks; figures in bench/results/
 	$(VENV)/bin/pip install -q -e '.[bench]'

@@ -16,6 +16,8 @@ from gearqueue.projectr.request import default_projection_id, parse_request
 from gearqueue.projectr.tables import read_text_matrix
 from gearqueue.projectr.targets import MatrixTarget, open_target
 
+pytestmark = pytest.mark.slow
+
 
 def read_all(target) -> np.ndarray:
     out = np.empty((len(target.sample_ids), len(target.gene_ids)))

@@ -19,6 +19,8 @@ from gearqueue.errors import ConfigError
 from gearqueue.jobtypes import JOB_TYPES
 from gearqueue.units import Instances, job_type_of
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
 
