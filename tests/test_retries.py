@@ -11,7 +11,7 @@ import pytest
 from amqp import PlainPublisher
 
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, StateStore, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def served(make_config, start_consumer):
 
 def test_transient_failures_back_off_exponentially_then_dead_letter_says_why(served) -> None:
     config, _, publisher = served
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     publisher.publish({"data": "flaky", "fail": "transient"}, "flaky", message_id="flaky-1")
     ends = attempt_ends(store, "flaky-1")
     publisher.wait_replies(1, timeout=30)
@@ -64,7 +64,7 @@ def test_transient_failures_back_off_exponentially_then_dead_letter_says_why(ser
     assert headers["x-gear-original-queue"] == publisher.queue
     assert abs(headers["x-gear-failed-at"] - time.time()) < 30
     assert json.loads(headers["x-gear-reply"]) == reply
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require("flaky-1")
+    record = store.require("flaky-1")
     assert record.status is JobStatus.FAILED and record.attempts == 4
     assert record.error is not None and record.error["class"] == "TransientJobError"
     assert record.result == reply
@@ -91,7 +91,7 @@ def test_a_permanent_error_is_dead_lettered_at_once(served) -> None:
     properties, _ = publisher.get(publisher.queue + ".dead")
     assert properties.headers["x-gear-attempts"] == 1
     assert properties.headers["x-gear-error-class"] == "PermanentJobError"
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     assert len(attempt_ends(store, "bad-1")) == 1
     record = store.require("bad-1")
     assert (record.status, record.attempts) == (JobStatus.FAILED, 1)

@@ -33,7 +33,7 @@ from .errors import (
     UnroutableError,
 )
 from .message import SAFE_ID, encode_payload, job_properties
-from .state import JobRecord, JobStatus, StateStore
+from .state import JobRecord, StateStore, open_store
 from .worker.runner import JobRunner
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -100,8 +100,7 @@ class Client:
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
         # Fresh random ids: nothing to read, nobody reading yet; one commit for all.
-        self._store(job_type).create_many(
-            JobRecord(job_id, job_type, JobStatus.QUEUED) for job_id in job_ids)
+        self._store(job_type).queued_many(job_ids)
         self._channel_for(job_type)  # declares the topology once, so the batch is routable
         now = int(time.time())
         messages = [OutgoingMessage(job_id, body, job_properties(job_type, job_id, timestamp=now))
@@ -165,22 +164,12 @@ class Client:
     def _store(self, job_type: str) -> StateStore:
         store = self._stores.get(job_type)
         if store is None:
-            store = self._stores[job_type] = StateStore(self.settings.paths.state_dir,
-                                                        job_type)
+            store = self._stores[job_type] = open_store(self.settings, job_type)
         return store
 
     def _record_queued(self, job_type: str, job_id: str) -> bool:
-        """Record the job as queued unless it has a record; True if this created it.
-
-        One create, refused when the id has a record, rather than a read and then a
-        write: it is on every submit's and call's path before the publish, and a record
-        an executor child wrote in between is never set back to queued.
-        """
-        try:
-            self._store(job_type).create(JobRecord(job_id, job_type, JobStatus.QUEUED))
-        except FileExistsError:
-            return False
-        return True
+        """Record the job as queued unless it has a record; True if this created it."""
+        return self._store(job_type).queued(job_id)
 
     @contextlib.contextmanager
     def _refused_unless_queued(self, job_type: str, job_id: str, created: bool
@@ -192,10 +181,7 @@ class Client:
             yield
         except PublishError as error:
             if created:
-                self._store(job_type).update(
-                    job_id, status=JobStatus.FAILED, error={
-                        "class": type(error).__name__, "message": str(error),
-                        "traceback": None, "attempt": 0})
+                self._store(job_type).refused(job_id, error)
             raise
 
     def _channel_for(self, job_type: str) -> BlockingChannel:

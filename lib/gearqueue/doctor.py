@@ -32,7 +32,7 @@ from . import topology
 from .broker import close_quietly, connect, server_version
 from .config import ServiceSettings, Settings, mask_url
 from .errors import BrokerUnavailable, ConfigError
-from .state import StateStore
+from .state import open_store
 from .worker.channel import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
 
 DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
@@ -197,7 +197,7 @@ def diagnose(settings: Settings, job_types: list[str],
     for job_type in job_types:
         service = settings.service(job_type)
         try:
-            StateStore(settings.paths.state_dir, job_type).check_writable()
+            open_store(settings, job_type).check_writable()
             yield Finding(Level.OK, job_type, f"state_dir {settings.paths.state_dir} is "
                           "writable")
         except ConfigError as error:

@@ -140,6 +140,10 @@ class NotInDeadQueue(UnknownJob):
     """No message with that job id is in the dead queue of its job type."""
 
 
+class JobExists(GearError):
+    """A job id that was to be new already has a state record (`queued_many`)."""
+
+
 # --- executor child -----------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from gearqueue.config import Settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, StateStore, open_store
 from gearqueue.worker.loop import Consumer
 from gearqueue.worker.stop import StopRequest
 
@@ -24,7 +24,7 @@ def body(**fields: object) -> bytes:
 
 
 def store(settings: Settings) -> StateStore:
-    return StateStore(settings.paths.state_dir, "echo")
+    return open_store(settings, "echo")
 
 
 def order(channel: RecordingChannel) -> list[tuple[str, str | None]]:

@@ -30,7 +30,8 @@ from ..errors import (
 )
 from ..log import fields
 from ..message import Envelope, decode_payload, envelope_of
-from ..state import StateStore
+from ..state import open_store
+from ..state.migrate import import_record_files
 from . import settlement
 from .channel import Channel, Delivery
 from .child import Finished, JobOrder
@@ -90,7 +91,7 @@ class Consumer:
         self.identifier = identifier
         self.stop = stop or StopRequest()
         self.notifier = notifier or Notifier()
-        self.store = StateStore(settings.paths.state_dir, job_type)
+        self.store = open_store(settings, job_type)
         self.limits = Limits(self.service)
         self.executor = executor or Executor(settings, self.service, identifier)
         self._open_channel = open_channel or (
@@ -105,7 +106,7 @@ class Consumer:
     def run(self) -> None:
         """Serve until stopped. Raises ConfigError/TopologyMismatch/ExecutorStartFailed."""
         self.store.check_writable()
-        self.store.import_record_files()
+        import_record_files(self.store, self.settings.paths.state_dir / self.service.job_type)
         self.notifier.status("starting: loading the executor")
         self.executor.start(idle=self.notifier.watchdog)
         failures = 0
