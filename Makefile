@@ -13,6 +13,7 @@ demo: install  ## a real projection through the queue, printed
 
 test: install  ## the whole suite: real broker, real R, real systemd (its run time is printed)
 	$(VENV)/bin/ruff check lib listeners tests bench scripts
+	$(VENV)/bin/python -m mypy  # lib and listeners: [tool.mypy] in pyproject.toml
 	time $(VENV)/bin/python -m pytest -q --durations=15 tests
 
 test-fast: install  ## the fast tier only: no broker, R or systemd (tests not marked slow)
@@ -31,4 +32,4 @@ lint:
 	$(VENV)/bin/ruff check lib listeners tests bench scripts
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

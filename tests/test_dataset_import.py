@@ -24,9 +24,9 @@ from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.errors import InvalidMessage, PermanentJobError, TransientJobError
 from gearqueue.jobs.dataset_import import DatasetImportJob
-from gearqueue.matrixio.convert import text_to_h5ad
-from gearqueue.matrixio.h5ad_writer import read_provenance
-from gearqueue.projectr.targets import open_target
+from gearqueue.matrices.convert import text_to_h5ad
+from gearqueue.matrices.h5ad_writer import read_provenance
+from gearqueue.matrices.targets import open_target
 from gearqueue.state import JobStatus, open_store
 
 # Ids that a data.frame round trip through R would have mangled, and a repeated gene.

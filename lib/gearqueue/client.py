@@ -19,8 +19,8 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import topology
-from .batch import OutgoingMessage, publish_batch
 from .broker import close_quietly, connect, connection_parameters, converted_errors
+from .bulk import OutgoingMessage, publish_batch
 from .config import Settings
 from .errors import (
     BatchPublishError,
@@ -88,7 +88,7 @@ class Client:
         """Queue many jobs with streaming publisher confirms; return their ids in order.
 
         Every payload is validated before anything is published. The batch goes out on a
-        connection of its own (gearqueue.batch), far faster than `submit` in a loop,
+        connection of its own (gearqueue.bulk), far faster than `submit` in a loop,
         which waits for each confirm. BatchPublishError, with a report naming the jobs
         that were nacked, unroutable or unconfirmed, if any job was not queued.
         """
@@ -260,8 +260,9 @@ class Client:
 
     def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties,
                   body: bytes) -> None:
+        job_id = properties.correlation_id or ""  # no job has the empty id
         try:
-            self._replies[properties.correlation_id] = json.loads(body)
+            self._replies[job_id] = json.loads(body)
         except (ValueError, TypeError):
-            self._replies[properties.correlation_id] = {
+            self._replies[job_id] = {
                 "success": -1, "message": f"unreadable reply: {body[:200]!r}"}

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..errors import PermanentJobError, TransientJobError
-from ..files import atomic_output, describe, remove_stale_temps, require_dir
-from ..matrixio import GeneBlock
-from ..matrixio.chunks import gene_blocks
-from ..matrixio.delimited import DELIMITERS, DelimitedReader, write_delimited
-from ..projectr.locks import exclusive
+from ..fields import get_choice, get_safe_id, reject_unknown
+from ..files import atomic_output, describe, exclusive, remove_stale_temps, require_dir
+from ..matrices import GeneBlock
+from ..matrices.chunks import gene_blocks
+from ..matrices.delimited import DELIMITERS, DelimitedReader, write_delimited
+from ..matrices.tables import read_text_matrix
+from ..matrices.targets import find_target, open_target
 from ..projectr.outputs import ProjectionFiles
-from ..projectr.tables import read_text_matrix
-from ..projectr.targets import find_target, open_target
 from .base import Job, JobContext
-from .fields import get_choice, get_safe_id, reject_unknown
 
 FORMATS = ("csv", "tsv")
 #: Bytes of values an export holds at once (a block of genes x every sample); the

@@ -18,8 +18,8 @@ from typing import Any
 
 from ..config import ServiceSettings, Settings
 from ..errors import AttemptsExhausted
+from ..jobs import load_job
 from ..jobs.base import Job, JobContext
-from ..jobtypes import load_job
 from ..log import fields
 from ..state import JobRecord, JobStatus, StateStore, open_store
 from .outcome import Outcome, as_job_error

@@ -27,11 +27,11 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import message, topology
-from .broker import close_quietly, connect, converted_errors
-from .config import Settings
-from .errors import NotInDeadQueue, PublishError
-from .state import JobRecord, open_store
+from .. import message, topology
+from ..broker import close_quietly, connect, converted_errors
+from ..config import Settings
+from ..errors import NotInDeadQueue, PublishError
+from ..state import JobRecord, open_store
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,11 @@ class DeadQueue:
                 method, properties, body = channel.basic_get(self.queue, auto_ack=False)
                 if method is None:
                     break
-                letters.append(DeadLetter(message.job_id_of(properties, body), method.delivery_tag,
+                # A Get-Ok always has these; pika's None is for Get-Empty (method None).
+                assert method.delivery_tag is not None and properties is not None
+                assert body is not None
+                letters.append(DeadLetter(message.job_id_of(properties, body),
+                                          method.delivery_tag,
                                           properties, body))
         return letters
 
