@@ -428,6 +428,7 @@ def test_a_missing_data_folder_is_named_with_its_gear_ini_key(job, folder):
 # --- through the queue -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_imports_through_the_queue_with_a_real_consumer(make_config, start_consumer, values):
     config = make_config(dataset_import_service={"max_retries": 1})
     settings = make_folders(load_settings(config))

@@ -13,6 +13,8 @@ from gearqueue.projectr.engine import make_engine
 from gearqueue.projectr.linpack import estimable_columns
 from gearqueue.projectr.projection import project
 
+pytestmark = pytest.mark.slow
+
 RTOL = 1e-8
 ALGORITHMS = ["nmf", "fixednmf", "pca", "pca_centered", "binary"]
 

@@ -16,6 +16,8 @@ from gearqueue.projectr.carts import read_cart
 from gearqueue.projectr.matching import match_genes
 from gearqueue.projectr.request import default_projection_id, parse_request
 
+pytestmark = pytest.mark.slow
+
 
 def read_all(target) -> np.ndarray:
     out = np.empty((len(target.sample_ids), len(target.gene_ids)))

@@ -30,6 +30,8 @@ from gearqueue.files import exclusive
 from gearqueue.jobs.projectr import ProjectRJob
 from gearqueue.projectr.outputs import ProjectionFiles, read_index
 
+pytestmark = pytest.mark.slow
+
 TESTS = Path(__file__).resolve().parent
 CHILD = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import projectr_fixtures as f; " \
         f"f.child_main()"

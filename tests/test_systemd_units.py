@@ -20,6 +20,8 @@ from gearqueue.config import load_settings
 from gearqueue.errors import ConfigError
 from gearqueue.jobtypes import JOB_TYPES
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
 

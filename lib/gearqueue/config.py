@@ -58,6 +58,7 @@ class ServiceSettings:
     queue_host: str
     queue: str
     prefetch: int
+    batch_size: int
     workers: int
     max_retries: int
     retry_backoff: float
@@ -73,6 +74,12 @@ class ServiceSettings:
     max_priority: int
     message_ttl: int
     reply_timeout: float
+
+    @property
+    def jobs_per_batch(self) -> int:
+        """How many deliveries at most go to the executor child at once: batch_size,
+        never more than the prefetch that holds them (0: prefetch)."""
+        return min(self.batch_size or self.prefetch, self.prefetch)
 
 
 @dataclass(frozen=True)

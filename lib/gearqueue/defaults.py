@@ -113,7 +113,14 @@ SERVICE_KEYS: tuple[Key, ...] = (
         "Broker host used when [rabbitmq] url is empty (gEAR's original key)."),
     Key("queue", parse_str, "{job_type}_jobs", "Queue name. Retry queues are <queue>.retry.N, "
         "dead letters go to <queue>.dead."),
-    Key("prefetch", parse_int, 1, "Unacked messages a consumer holds (basic.qos).", minimum=1),
+    Key("prefetch", parse_int, 1,
+        "Unacked messages a consumer holds (basic.qos). The deliveries it holds go to the "
+        "executor child together, as one batch of up to batch_size.", minimum=1),
+    Key("batch_size", parse_int, 0,
+        "Most jobs handed to the executor child in one batch (one pipe message each way, "
+        "one ack for all). At most prefetch; 0: the same as prefetch. The child's "
+        "successor is started 2 batches (or 10% of max_jobs_per_child, if more) before "
+        "it is recycled.", minimum=0),
     Key("workers", parse_int, 2,
         "Consumer instances install.sh and `gearqueue scale` enable for this type.", minimum=0),
     Key("max_retries", parse_int, 3,

@@ -153,6 +153,24 @@ class JobExists(GearError):
     """A job id that was to be new already has a state record (`queued_many`)."""
 
 
+# --- executor child -----------------------------------------------------------------
+
+
+class ExecutorStartFailed(GearError):
+    """The executor child could not start or warm up (e.g. R or a library is missing)."""
+
+
+class ExecutorDied(GearError):
+    """The executor child exited while running a batch; `done` jobs of it had finished.
+
+    Raised by the executor handle and handled by the consumer loop, which settles the
+    batch around it (the job at `done` failed with ExecutorCrashed)."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 # --- systemd ---------------------------------------------------------------------
 
 

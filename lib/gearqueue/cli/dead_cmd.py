@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Any
 
-from .. import exitcodes
+from .. import exitcodes, message
 from ..config import load_settings
 from ..jobtypes import JOB_TYPES
 from .dead_letters import DeadLetter, DeadQueue
@@ -105,7 +105,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"job {letter.job_id} (dead {human_age(letter.age())} ago)")
     print("headers:")
     for key, value in headers.items():
-        if key != "x-gear-traceback":
+        if key != message.TRACEBACK:
             print(f"  {key}: {value}")
     print("body:")
     body = letter.payload()

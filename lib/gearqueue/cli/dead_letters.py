@@ -27,19 +27,13 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .. import topology
+from .. import message, topology
 from ..broker import close_quietly, connect, converted_errors
 from ..config import Settings
-from ..envelope import job_id_of
 from ..errors import NotInDeadQueue, PublishError
 from ..state import JobRecord, open_store
 
 log = logging.getLogger(__name__)
-
-#: Headers the broker adds when it dead-letters a message itself; dropped on replay.
-BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue",
-                        "x-first-death-reason", "x-last-death-exchange",
-                        "x-last-death-queue", "x-last-death-reason", "x-delivery-count")
 
 
 @dataclass(frozen=True)
@@ -57,29 +51,29 @@ class DeadLetter:
 
     @property
     def error_class(self) -> str | None:
-        value = self.headers.get("x-gear-error-class")
+        value = self.headers.get(message.ERROR_CLASS)
         if value is None and "x-death" in self.headers:
             return f"broker: {self.headers.get('x-first-death-reason', 'dead-lettered')}"
         return value
 
     @property
     def error_message(self) -> str:
-        return str(self.headers.get("x-gear-error-message") or "")
+        return str(self.headers.get(message.ERROR_MESSAGE) or "")
 
     @property
     def traceback(self) -> str:
-        return str(self.headers.get("x-gear-traceback") or "")
+        return str(self.headers.get(message.TRACEBACK) or "")
 
     @property
     def attempts(self) -> int | None:
-        value = self.headers.get("x-gear-attempts")
+        value = self.headers.get(message.ATTEMPTS)
         return int(value) if value is not None else None
 
     @property
     def failed_at(self) -> float | None:
         """When it was dead-lettered: our header, else the broker's x-death, else publish."""
-        if self.headers.get("x-gear-failed-at") is not None:
-            return float(self.headers["x-gear-failed-at"])
+        if self.headers.get(message.FAILED_AT) is not None:
+            return float(self.headers[message.FAILED_AT])
         deaths = self.headers.get("x-death") or []
         if deaths and isinstance(deaths[0], dict) and deaths[0].get("time") is not None:
             moment = deaths[0]["time"]
@@ -146,7 +140,8 @@ class DeadQueue:
                 # A Get-Ok always has these; pika's None is for Get-Empty (method None).
                 assert method.delivery_tag is not None and properties is not None
                 assert body is not None
-                letters.append(DeadLetter(job_id_of(properties, body), method.delivery_tag,
+                letters.append(DeadLetter(message.job_id_of(properties, body),
+                                          method.delivery_tag,
                                           properties, body))
         return letters
 
@@ -190,7 +185,8 @@ class DeadQueue:
         try:
             with converted_errors(f"replaying {letter.job_id} to '{self.service.queue}'"):
                 writer.basic_publish("", self.service.queue, letter.body,
-                                     replay_properties(letter), mandatory=True)
+                                     message.replay_properties(letter.properties, letter.job_id),
+                                     mandatory=True)
         except PublishError:
             if replaced is not None:  # still dead: its record says so again
                 self.store.restore(replaced)
@@ -228,15 +224,3 @@ class DeadQueue:
         log.info("purged %d dead %s jobs, kept %d", len(removed), self.service.job_type, kept)
         return removed, kept
 
-
-def replay_properties(letter: DeadLetter) -> pika.BasicProperties:
-    """The original message's properties, without the marks of its failed life."""
-    old = letter.properties
-    headers = {key: value for key, value in letter.headers.items()
-               if not key.startswith("x-gear-") and key not in BROKER_DEATH_HEADERS}
-    headers["x-gear-replayed-at"] = int(time.time())
-    return pika.BasicProperties(
-        content_type=old.content_type, content_encoding=old.content_encoding,
-        delivery_mode=2, priority=old.priority, correlation_id=old.correlation_id,
-        reply_to=old.reply_to, message_id=old.message_id or letter.job_id,
-        timestamp=old.timestamp, type=old.type, app_id=old.app_id, headers=headers)

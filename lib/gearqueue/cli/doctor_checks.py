@@ -32,8 +32,8 @@ from .. import topology
 from ..broker import close_quietly, connect, server_version
 from ..config import ServiceSettings, Settings, mask_url
 from ..errors import BrokerUnavailable, ConfigError, StateStoreUnavailable
-from ..session import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
 from ..state import open_store
+from ..worker.channel import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
 
 DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "")

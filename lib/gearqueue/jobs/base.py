@@ -5,7 +5,8 @@ type can load expensive things (R, limma) once in `warm_up`. The runtime calls
 `validate` before any work starts and `run` with the validated request; `run` returns
 the success reply (a JSON object). Failures are raised as `PermanentJobError` or
 `TransientJobError` (gearqueue.errors); the runtime turns them into the failure reply
-with `failure_reply`, so a job never formats its own error replies.
+(`gearqueue.worker.outcome.failure_reply`, with the error's `reply_fields`), so a job
+never formats its own error replies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from ..config import Settings
-from ..errors import JobError
 
 Request = TypeVar("Request")
 
@@ -54,6 +54,3 @@ class Job(ABC, Generic[Request]):
     @abstractmethod
     def run(self, request: Request, context: JobContext) -> dict[str, Any]:
         """Do the work; return the success reply."""
-
-    def failure_reply(self, error: JobError) -> dict[str, Any]:
-        return {"success": -1, "message": error.message, **error.reply_fields}

@@ -4,6 +4,10 @@ The child dies with its parent (PR_SET_PDEATHSIG), ignores SIGINT/SIGTERM (the p
 decides when it stops), and turns SIGUSR1 into SoftTimeLimitExceeded inside the job.
 Which job of a batch it runs, and since when, it writes to shared memory (`Progress`)
 for the parent, which reads it without waking the child.
+
+The pipe protocol is the small frozen dataclasses below: the parent sends `RunBatch`
+or `Stop`; the child answers `ChildReady` or `ChildFailed` once, at start, then one
+`BatchDone` per `RunBatch`.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .config import Settings
-from .errors import SoftTimeLimitExceeded
-from .log import setup_logging
+from ..config import ServiceSettings, Settings
+from ..errors import SoftTimeLimitExceeded
+from ..log import setup_logging
 from .outcome import Outcome
 from .runner import JobRunner
 
@@ -28,10 +33,57 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 
-#: One job for the child: (job id, payload, fresh).
-JobOrder = tuple[str, dict[str, Any], bool]
-#: One job back from the child: its outcome and the seconds it took.
-Finished = tuple[Outcome, float]
+
+@dataclass(frozen=True)
+class JobOrder:
+    """One job for the child. `fresh`: neither a redelivery nor a retry of it."""
+
+    job_id: str
+    payload: dict[str, Any]
+    fresh: bool
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One job back from the child: its outcome and the seconds it took."""
+
+    outcome: Outcome
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    """Parent -> child: run these in order (stopping early if asked to, see Progress)."""
+
+    jobs: list[JobOrder]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Parent -> child: exit now (sent only while it is idle)."""
+
+
+@dataclass(frozen=True)
+class ChildReady:
+    """Child -> parent, once: warmed up, ready for batches."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class ChildFailed:
+    """Child -> parent, once, instead of ChildReady: it could not start."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """Child -> parent: the jobs it ran of a batch, in order; fewer than were sent when
+    it was asked to stop (the rest never started)."""
+
+    outcomes: list[Finished]
+
 
 #: Slots of the shared `Progress` array.
 _INDEX, _STARTED, _STOP = range(3)
@@ -101,8 +153,8 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def child_main(conn: Connection, settings: Settings, job_type: str, identifier: str,
-               progress: Progress) -> None:
+def child_main(conn: Connection, settings: Settings, service: ServiceSettings,
+               identifier: str, progress: Progress) -> None:
     """Entry point of the executor child (spawned: a fresh interpreter)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -110,27 +162,27 @@ def child_main(conn: Connection, settings: Settings, job_type: str, identifier: 
     setup_logging(identifier)
     soft_limit = SoftLimitSignal()
     try:
-        runner = JobRunner(settings, job_type, isolated=True, guard=soft_limit.during_job)
+        runner = JobRunner(settings, service, isolated=True, guard=soft_limit.during_job)
         runner.warm_up()
     except Exception as error:
         log.exception("executor child failed to start")
-        conn.send(("error", f"{type(error).__name__}: {error}"))
+        conn.send(ChildFailed(f"{type(error).__name__}: {error}"))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(ChildReady(os.getpid()))
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        if message[0] == "stop":
-            return
+        if not isinstance(message, RunBatch):
+            return  # Stop
         outcomes = []
-        with runner.store.batch(job_id for job_id, _, _ in message[1]):  # one commit a job
-            for index, (job_id, payload, fresh) in enumerate(message[1]):
+        with runner.store.batch(order.job_id for order in message.jobs):  # one commit a job
+            for index, order in enumerate(message.jobs):
                 if progress.stop_asked:
                     break
                 progress.begin(index)
                 started = time.monotonic()
-                outcome = runner.execute(job_id, payload, fresh=fresh)
-                outcomes.append((outcome, time.monotonic() - started))
-        conn.send(("done", outcomes))
+                outcome = runner.execute(order.job_id, order.payload, fresh=order.fresh)
+                outcomes.append(Finished(outcome, time.monotonic() - started))
+        conn.send(BatchDone(outcomes))

@@ -1,4 +1,4 @@
-"""A consumer's broker session: one connection, its channels, and the ways out of it.
+"""A consumer's broker channel: one connection, its AMQP channels, and the ways out of it.
 
 - `consume` channel: basic.qos + basic.consume, acks and nacks.
 - `confirm` channel: publisher confirms + mandatory, for retries and dead letters, so a
@@ -6,13 +6,14 @@
 - `replies` channel: fire-and-forget replies; a reply to a requester that is gone may
   close this channel, which is then reopened, and never costs the job its ack.
 
-Delivery tags belong to a channel: a `Delivery` remembers its session, and acking one
-from a dead session is skipped (the broker redelivers it; the state record answers).
+Delivery tags belong to an AMQP channel: a `Delivery` remembers its `Channel`, and
+acking one from a dead one is skipped (the broker redelivers it; the state record
+answers). Deliveries wait in the channel in order until the loop takes them
+(`peek`, `next_delivery`); at a stop the ones not taken are given back.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from typing import Any
 import pika
 from pika.spec import Basic, BasicProperties
 
-from . import topology
-from .broker import close_quietly, connect, converted_errors, server_version
-from .config import ServiceSettings, Settings
-from .errors import BrokerUnavailable
+from .. import message, topology
+from ..broker import close_quietly, connect, converted_errors, server_version
+from ..config import ServiceSettings, Settings
+from ..errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def consumer_arguments(service: ServiceSettings, version: tuple[int, ...]
 
 @dataclass(frozen=True)
 class Delivery:
-    session: Session
+    channel: Channel
     delivery_tag: int
     redelivered: bool
     properties: BasicProperties
@@ -61,14 +62,14 @@ class Delivery:
     @property
     def retried(self) -> bool:
         """True when we republished this message ourselves after a failed attempt."""
-        return bool((self.properties.headers or {}).get("x-gear-attempt"))
+        return message.is_retry(self.properties)
 
 
-class Session:
+class Channel:
     def __init__(self, settings: Settings, service: ServiceSettings, name: str) -> None:
         self.service = service
-        self.pending: deque[Delivery] = deque()
-        self.cancelled = False
+        self._pending: deque[Delivery] = deque()
+        self._cancelled = False
         self.connection = connect(settings, service.job_type, name)
         try:
             with converted_errors("opening channels"):
@@ -89,13 +90,28 @@ class Session:
     def _on_message(self, channel: Any, method: Basic.Deliver, properties: BasicProperties,
                     body: bytes) -> None:
         assert method.delivery_tag is not None  # the broker always sends one (None: a default)
-        self.pending.append(Delivery(self, method.delivery_tag, method.redelivered,
-                                     properties, body))
+        self._pending.append(Delivery(self, method.delivery_tag, method.redelivered,
+                                      properties, body))
 
     def _on_cancel(self, frame: Any) -> None:
         log.warning("broker cancelled our consumer on '%s' (queue deleted or moved); "
                     "reconnecting", self.service.queue)
-        self.cancelled = True
+        self._cancelled = True
+
+    # --- deliveries in ---------------------------------------------------------------
+
+    def peek(self) -> Delivery | None:
+        """The next delivery not taken yet, left in place (None if there is none)."""
+        return self._pending[0] if self._pending else None
+
+    def next_delivery(self) -> Delivery | None:
+        """Take the next delivery (None if there is none); the taker settles it."""
+        return self._pending.popleft() if self._pending else None
+
+    @property
+    def cancelled(self) -> bool:
+        """The broker cancelled our consumer: nothing more will arrive on this channel."""
+        return self._cancelled
 
     def pump(self, seconds: float) -> None:
         """Serve heartbeats, flush acks, take deliveries: for up to `seconds`.
@@ -115,7 +131,7 @@ class Session:
         return self.connection.is_open and self.consume_channel.is_open
 
     def _owns(self, delivery: Delivery) -> bool:
-        if delivery.session is self and self.alive:
+        if delivery.channel is self and self.alive:
             return True
         log.warning("not acking delivery %s from a closed session; the broker will "
                     "redeliver it", delivery.delivery_tag)
@@ -137,8 +153,12 @@ class Session:
         """Cancel the consumer and give back every delivery not started yet."""
         with converted_errors("cancelling the consumer"):
             self.consume_channel.basic_cancel(self.consumer_tag)
-        while self.pending:
-            self.requeue(self.pending.popleft())
+        self.give_back_unstarted()
+
+    def give_back_unstarted(self) -> None:
+        """Requeue every delivery not taken yet, in order."""
+        while self._pending:
+            self.requeue(self._pending.popleft())
 
     def publish_confirmed(self, exchange: str, routing_key: str, body: bytes,
                           properties: BasicProperties) -> None:
@@ -152,9 +172,8 @@ class Session:
         try:
             if not self.replies.is_open:
                 self.replies = self.connection.channel()
-            self.replies.basic_publish("", reply_to, json.dumps(reply).encode(),
-                                       pika.BasicProperties(correlation_id=correlation_id,
-                                                            content_type="application/json"))
+            self.replies.basic_publish("", reply_to, message.encode_reply(reply),
+                                       message.reply_properties(correlation_id))
         except pika.exceptions.AMQPError as error:
             log.warning("could not send the reply to %s: %s", reply_to, error)
 

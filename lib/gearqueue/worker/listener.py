@@ -11,11 +11,12 @@ import logging
 import os
 import sys
 
-from . import exitcodes, testhook
-from .config import load_settings
-from .consumer import Consumer
-from .errors import ConfigError, GearError, TopologyMismatch
-from .log import setup_logging
+from .. import exitcodes
+from ..config import load_settings
+from ..errors import ConfigError, GearError, TopologyMismatch
+from ..log import setup_logging
+from . import testhook
+from .loop import Consumer
 from .stop import StopRequest
 
 log = logging.getLogger(__name__)

@@ -3,17 +3,18 @@
 Why a process, not a thread: R (through rpy2) holds the GIL and is not thread-safe, a
 segfault or R fatal error must not take the AMQP connection with it, a hard time limit
 needs something that can be killed, and memory can only be given back by ending a
-process. The child is started once and reused (R loads once), and recycled after
-`max_jobs_per_child` jobs or when its RSS passes `max_memory_mb`.
+process. The child is started once and reused (R loads once), and recycled when the
+policy in `limits.py` says so (`max_jobs_per_child`, `max_memory_mb`).
 
-Jobs are handed over in batches (all the deliveries the consumer holds, up to its
-prefetch): one pipe message there and one back per batch, instead of two process
+Jobs are handed over in batches (the deliveries the consumer holds, up to
+`batch_size`): one pipe message there and one back per batch, instead of two process
 wake-ups per job. Which job of the batch runs, since when, and whether to stop after it
 is in a few words of shared memory (`Progress`), which the parent reads on every turn
 of its loop without waking the child, and which tells it, if the child dies, which
 jobs were done, which one killed it, and which never started.
 
-This module is the parent's side; `child.py` is what runs in the child.
+This module is the parent's side; `child.py` is what runs in the child, and defines
+the messages of the pipe between them.
 """
 
 from __future__ import annotations
@@ -30,32 +31,29 @@ from typing import Any
 
 import psutil
 
-from .child import Finished, JobOrder, Progress, child_main
-from .config import Settings
-from .errors import GearError
+from ..config import ServiceSettings, Settings
+from ..errors import ExecutorDied, ExecutorStartFailed
+from .child import (
+    BatchDone,
+    ChildFailed,
+    ChildReady,
+    Finished,
+    JobOrder,
+    Progress,
+    RunBatch,
+    Stop,
+    child_main,
+)
 
 log = logging.getLogger(__name__)
-
-
-class ExecutorStartFailed(GearError):
-    """The executor child could not start or warm up (e.g. R or a library is missing)."""
-
-
-class ExecutorDied(GearError):
-    """The executor child exited while running a batch; `done` jobs of it had finished."""
-
-    def __init__(self, message: str, done: int) -> None:
-        super().__init__(message)
-        self.done = done
 
 
 class Executor:
     """Parent-side handle of the executor child."""
 
-    def __init__(self, settings: Settings, job_type: str, identifier: str) -> None:
+    def __init__(self, settings: Settings, service: ServiceSettings, identifier: str) -> None:
         self.settings = settings
-        self.service = settings.service(job_type)
-        self.job_type = job_type
+        self.service = service
         self.identifier = identifier
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
@@ -66,10 +64,6 @@ class Executor:
         self.jobs_done = 0
         self._batch_size = 0
         self._soft_signalled: int | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self, idle: Callable[[], None]) -> None:
         """Start the child (or adopt the successor) and wait until it is warm, calling
@@ -85,27 +79,23 @@ class Executor:
             raise
         self._process, self._conn, self.jobs_done = process, conn, 0
 
-    def prepare_successor(self) -> None:
-        """Start the child that will replace this one when it is near its job count.
+    def start_successor(self) -> None:
+        """Start the child that will replace this one, unless one is started already.
 
-        Recycling after `max_jobs_per_child` then swaps in a warm child instead of
-        stopping every job until a new interpreter has started and loaded its
-        libraries (R: most of a second). Recycling for memory cannot be foreseen and
-        still starts the new child then.
+        `start` after `stop` then adopts a warm child instead of waiting for a new
+        interpreter to start and load its libraries (R: most of a second).
         """
-        limit = self.service.max_jobs_per_child
-        if not limit or self._successor is not None or self._process is None:
+        if self._successor is not None or self._process is None:
             return
-        if self.jobs_done >= limit - max(limit // 10, 2 * self.service.prefetch):
-            log.info("starting the next executor child ahead of recycling (%d of %d jobs "
-                     "done)", self.jobs_done, limit)
-            self._successor = self._spawn()
+        log.info("starting the next executor child ahead of recycling (%d of %d jobs "
+                 "done)", self.jobs_done, self.service.max_jobs_per_child)
+        self._successor = self._spawn()
 
     def _spawn(self) -> tuple[Any, Connection]:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(
             target=child_main, name=f"{self.identifier}-executor",
-            args=(child_end, self.settings, self.job_type, self.identifier, self._progress),
+            args=(child_end, self.settings, self.service, self.identifier, self._progress),
             daemon=True)
         process.start()
         child_end.close()
@@ -119,25 +109,20 @@ class Executor:
                 raise ExecutorStartFailed(f"executor child exited with code {process.exitcode} "
                                           "while starting")
         try:
-            kind, detail = conn.recv()
+            answer: ChildReady | ChildFailed = conn.recv()
         except (EOFError, OSError):
             raise ExecutorStartFailed("executor child died while starting") from None
-        if kind != "ready":
-            raise ExecutorStartFailed(f"executor child could not start: {detail}")
-        log.info("executor child %s ready", detail)
+        if not isinstance(answer, ChildReady):
+            raise ExecutorStartFailed(f"executor child could not start: {answer.detail}")
+        log.info("executor child %s ready", answer.pid)
 
     def submit(self, jobs: Sequence[JobOrder]) -> None:
         """Hand the child a batch of jobs to run in order."""
         assert self._conn is not None and jobs
         self._progress.reset()
-        self._conn.send(("run", list(jobs)))
+        self._conn.send(RunBatch(list(jobs)))
         self._batch_size = len(jobs)
         self._soft_signalled = None
-
-    def allowance(self) -> int:
-        """How many more jobs this child takes before it is due for recycling."""
-        limit = self.service.max_jobs_per_child
-        return max(limit - self.jobs_done, 1) if limit else 1 << 30
 
     def poll(self, timeout: float) -> list[Finished] | None:
         """The outcomes of the batch if it finished within `timeout`, in order; fewer than
@@ -146,21 +131,21 @@ class Executor:
         assert self._conn is not None
         try:
             if self._conn.poll(timeout):
-                _, outcomes = self._conn.recv()
-                self.jobs_done += len(outcomes)
+                done: BatchDone = self._conn.recv()
+                self.jobs_done += len(done.outcomes)
                 self._batch_size = 0
-                return outcomes
+                return done.outcomes
         except (EOFError, OSError):
             pass
         else:
             if self._process.is_alive():
                 return None
-        done = max(self._progress.index, 0)
+        index = max(self._progress.index, 0)
         self._process.join(1)
         code = self._process.exitcode
         self._reset()
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-        raise ExecutorDied(f"executor child died during the job ({how})", done)
+        raise ExecutorDied(f"executor child died during the job ({how})", index)
 
     @property
     def current(self) -> int:
@@ -192,15 +177,6 @@ class Executor:
         except psutil.Error:
             return 0.0
 
-    def needs_recycling(self) -> str | None:
-        """Why the child should be replaced before the next job, if it should."""
-        if self.service.max_jobs_per_child and self.jobs_done >= self.service.max_jobs_per_child:
-            return f"{self.jobs_done} jobs done (max_jobs_per_child)"
-        rss = self.rss_mb() if self.service.max_memory_mb else 0.0
-        if rss > self.service.max_memory_mb > 0:
-            return f"RSS {rss:.0f} MiB over max_memory_mb"
-        return None
-
     def kill(self) -> None:
         """Kill the child now (time limit, memory, forced stop)."""
         if self._process is not None and self._process.is_alive():
@@ -214,7 +190,7 @@ class Executor:
             return
         with contextlib.suppress(OSError, EOFError, BrokenPipeError):
             assert self._conn is not None
-            self._conn.send(("stop",))
+            self._conn.send(Stop())
         self._process.join(5)
         self.kill()
 
@@ -225,7 +201,7 @@ class Executor:
         if successor is not None:
             process, conn = successor
             with contextlib.suppress(OSError, EOFError, BrokenPipeError):
-                conn.send(("stop",))
+                conn.send(Stop())
             process.join(5)
             if process.is_alive():
                 process.kill()

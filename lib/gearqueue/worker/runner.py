@@ -16,62 +16,39 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .config import Settings
-from .errors import AttemptsExhausted
-from .jobs import load_job
-from .jobs.base import Job, JobContext
-from .log import fields
+from ..config import ServiceSettings, Settings
+from ..errors import AttemptsExhausted
+from ..jobs import load_job
+from ..jobs.base import Job, JobContext
+from ..log import fields
+from ..state import JobRecord, JobStatus, StateStore, open_store
 from .outcome import Outcome, as_job_error
-from .state import JobRecord, JobStatus, StateStore, open_store
 
 log = logging.getLogger(__name__)
 
 Guard = Callable[[], contextlib.AbstractContextManager[None]]
 
 
-def record_failure(store: StateStore, max_retries: int, job_id: str,
-                   outcome: Outcome) -> Outcome:
+def record_failure(store: StateStore, job_id: str, outcome: Outcome) -> Outcome:
     """Store a failed attempt: retrying if another attempt is due, else failed for good.
 
     Also used by the consumer for what happens outside the child: crashes, time limits
     and messages rejected before a job could start.
     """
     store.failed(job_id, outcome.attempt, outcome.error_record(), outcome.reply,
-                 retrying=outcome.should_retry(max_retries))
+                 retrying=outcome.retrying)
     return outcome
 
 
-def stored_outcome(record: JobRecord | None, since: float) -> Outcome | None:
-    """The outcome an attempt stored, for a job whose child died before sending it back
-    (None if the record shows no attempt finished after `since`, time.time() when the
-    job was handed over: then it was still running).
-
-    Not a replay: the attempt really ended this way here and was not settled yet, so
-    a failure is retried or dead-lettered as the child would have had it.
-    """
-    if record is None or record.status not in _FINISHED or record.updated < since:
-        return None
-    if record.status is JobStatus.SUCCEEDED:
-        return Outcome.success(record.result or {}, record.attempts)
-    error = record.error or {}
-    return Outcome(succeeded=False, reply=record.result or {}, attempt=record.attempts,
-                   retryable=record.status is JobStatus.RETRYING,
-                   error_class=error.get("class"), message=error.get("message"),
-                   traceback=error.get("traceback"))
-
-
-_FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.RETRYING, JobStatus.FAILED})
-
-
 class JobRunner:
-    def __init__(self, settings: Settings, job_type: str, *, isolated: bool,
+    def __init__(self, settings: Settings, service: ServiceSettings, *, isolated: bool,
                  guard: Guard = contextlib.nullcontext) -> None:
         """`isolated`: True in an executor child. In-process (False) there is no queue to
         retry through, so a failed attempt is final."""
         self.settings = settings
-        self.service = settings.service(job_type)
-        self.job: Job[Any] = load_job(job_type)(settings)
-        self.store = open_store(settings, job_type)
+        self.service = service
+        self.job: Job[Any] = load_job(service.job_type)(settings)
+        self.store = open_store(settings, service.job_type)
         self.isolated = isolated
         self.guard = guard
         self.max_retries = self.service.max_retries if isolated else 0
@@ -99,8 +76,8 @@ class JobRunner:
                 last = (record.error or {}).get("message") if record else None
                 error = AttemptsExhausted(f"gave up after {attempt - 1} attempts"
                                           + (f"; last error: {last}" if last else ""))
-                return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
-                    error, self.job.failure_reply(error), attempt - 1))
+                return record_failure(self.store, job_id, Outcome.failure(
+                    error, attempt - 1, max_retries=self.max_retries))
             running = self.store.begin_attempt(job_id, attempt, self.worker, restart=restart)
             return self._run(running, payload)
 
@@ -119,8 +96,8 @@ class JobRunner:
             raise
         except BaseException as error:  # noqa: BLE001 - every failure has an outcome
             job_error, text = as_job_error(error)
-            return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
-                job_error, self.job.failure_reply(job_error), attempt, text))
+            return record_failure(self.store, job_id, Outcome.failure(
+                job_error, attempt, max_retries=self.max_retries, traceback=text))
         self.store.succeeded(job_id, reply)
         return Outcome.success(reply, attempt)
 
@@ -128,9 +105,6 @@ class JobRunner:
         log.info("job already %s; replying from its stored record", record.status.value,
                  extra=fields(job_id=record.job_id, job_type=self.service.job_type,
                               outcome="replayed"))
-        if record.status is JobStatus.SUCCEEDED:
-            return Outcome.success(record.result or {}, record.attempts, reused=True)
-        error = record.error or {}
-        return Outcome(succeeded=False, reply=record.result or {}, attempt=record.attempts,
-                       reused=True, error_class=error.get("class"),
-                       message=error.get("message"), traceback=error.get("traceback"))
+        outcome = Outcome.from_record(record, reused=True)
+        assert outcome is not None  # a succeeded or failed record
+        return outcome
