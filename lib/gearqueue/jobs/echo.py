@@ -29,7 +29,7 @@ from ..config import Settings
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
 from ..fields import get_choice, get_field, reject_unknown
 from ..files import write_atomically
-from .base import Job, JobContext
+from .base import INLINE, Job, JobContext
 
 FAIL_MODES = ("permanent", "transient", "crash")
 #: A longer sleep is almost certainly a mistake in a diagnostic message.
@@ -50,6 +50,8 @@ class EchoRequest:
 
 class EchoJob(Job[EchoRequest]):
     name = "echo"
+    #: A no-op job: a process hop would cost more than the job (docs/performance.md).
+    isolation = INLINE
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -85,9 +87,9 @@ class EchoJob(Job[EchoRequest]):
         if request.fail == "transient":
             raise TransientJobError("echo asked to fail transiently")
         if request.fail == "crash":
-            if not context.isolated:
-                raise PermanentJobError("echo 'crash' needs an executor child; it is not "
-                                        "done in-process (queue_enabled = 0)")
+            if not context.consumer:
+                raise PermanentJobError("echo 'crash' needs a consumer; it is not done "
+                                        "in-process (queue_enabled = 0)")
             os.kill(os.getpid(), signal.SIGKILL)
         if request.mark:
             self._mark(context)

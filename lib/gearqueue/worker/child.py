@@ -26,6 +26,7 @@ from typing import Any
 from ..config import ServiceSettings, Settings
 from ..errors import SoftTimeLimitExceeded
 from ..log import setup_logging
+from . import testhook
 from .outcome import Outcome
 from .runner import JobRunner
 
@@ -177,7 +178,7 @@ def child_main(conn: Connection, settings: Settings, service: ServiceSettings,
         if not isinstance(message, RunBatch):
             return  # Stop
         outcomes = []
-        with runner.store.batch(order.job_id for order in message.jobs):  # one commit a job
+        with runner.store.batch(order.job_id for order in message.jobs):  # one commit
             for index, order in enumerate(message.jobs):
                 if progress.stop_asked:
                     break
@@ -185,4 +186,5 @@ def child_main(conn: Connection, settings: Settings, service: ServiceSettings,
                 started = time.monotonic()
                 outcome = runner.execute(order.job_id, order.payload, fresh=order.fresh)
                 outcomes.append(Finished(outcome, time.monotonic() - started))
+        testhook.reached(testhook.AFTER_STORE)
         conn.send(BatchDone(outcomes))
