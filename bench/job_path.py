@@ -17,6 +17,7 @@ step under callgrind and compare instruction counts:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -112,7 +113,8 @@ def steps(folder: Path, wire: bool) -> dict[str, Callable[[int], None]]:
             back = pickle.loads(pickle.dumps(BatchDone([Finished(outcome, 0.0001)]), -1))
             assert there and back
 
-    def plan_and_log(count: int) -> None:
+    def plan_and_log(count: int, quick_ms: int = 0) -> None:
+        job_log = settlement.JobLog(dataclasses.replace(service, log_quick_jobs_ms=quick_ms))
         handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
         handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s "
                                              "%(message)s"))
@@ -126,7 +128,7 @@ def steps(folder: Path, wire: bool) -> dict[str, Callable[[int], None]]:
             for _ in range(count):
                 done = settlement.plan(service, [settlement.Settled(
                     None, envelope, outcome, 0.0001)])  # type: ignore[arg-type]
-                settlement.log_settled(service, done)
+                job_log.settled(done)
         finally:
             logger.removeHandler(handler)
 
@@ -140,7 +142,8 @@ def steps(folder: Path, wire: bool) -> dict[str, Callable[[int], None]]:
     result = {"decode": decode, "lock": lock, "read": read, "begin_commit": begin_commit,
               "result_commit": result_commit, "job_itself": job_itself,
               "runner_execute": runner_execute, "pickling": pickling,
-              "plan": plan_only, "plan_and_log_line": plan_and_log}
+              "plan": plan_only, "plan_and_log_line": plan_and_log,
+              "plan_and_quick_log": lambda count: plan_and_log(count, 10)}
     result["executor_round_trip"] = _executor_round_trip(settings, service, ids)
     if wire:
         result["reply_publish"] = _wire(settings)

@@ -239,7 +239,7 @@ def check_isolation(service: ServiceSettings, isolation: str, heartbeat: int,
     if isolation != "inline":
         return
     section = service_section(service.job_type)
-    limit = inline_limit(service)
+    limit = inline_limit(service, heartbeat)
     if heartbeat and limit >= heartbeat / 2:
         key = "time_limit" if service.time_limit else "inline_time_limit"
         raise ConfigError(
@@ -253,9 +253,16 @@ def check_isolation(service: ServiceSettings, isolation: str, heartbeat: int,
                           path=str(path), section=section, key="max_memory_mb")
 
 
-def inline_limit(service: ServiceSettings) -> float:
-    """The hard time limit of an inline job: time_limit, else inline_time_limit."""
-    return service.time_limit or service.inline_time_limit
+#: An inline job's limit when neither time_limit nor inline_time_limit is set and
+#: heartbeats are off (heartbeat = 0).
+INLINE_LIMIT_WITHOUT_HEARTBEAT = 15.0
+
+
+def inline_limit(service: ServiceSettings, heartbeat: int) -> float:
+    """The hard time limit of an inline job: time_limit, else inline_time_limit, else a
+    quarter of the heartbeat interval."""
+    return (service.time_limit or service.inline_time_limit
+            or (heartbeat / 4 if heartbeat else INLINE_LIMIT_WITHOUT_HEARTBEAT))
 
 
 def mask_url(url: str) -> str:

@@ -128,8 +128,9 @@ SERVICE_KEYS: tuple[Key, ...] = (
         "process with no hop, for short jobs: time_limit must be under half the "
         "heartbeat (0: inline_time_limit), and max_memory_mb is not available. Empty: "
         "the job type's own (echo: inline; projectr, dataset_import, export: process)."),
-    Key("inline_time_limit", parse_float, 10.0,
-        "The hard limit of an inline job whose time_limit is 0 (seconds).", minimum=0.001),
+    Key("inline_time_limit", parse_float, 0.0,
+        "The hard limit of an inline job whose time_limit is 0 (seconds). 0: a quarter "
+        "of the heartbeat (15 s at 60 s), or 15 s with heartbeats off.", minimum=0),
     Key("log_quick_jobs_ms", parse_int, 10,
         "A job that succeeds in less than this many milliseconds is logged at DEBUG, not "
         "INFO; every job is still counted: an INFO line at most every 10 s gives how many "

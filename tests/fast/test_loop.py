@@ -14,7 +14,6 @@ import threading
 
 from gearqueue.config import Settings
 from gearqueue.state import JobStatus, StateStore, open_store
-from gearqueue.worker.loop import Consumer
 from gearqueue.worker.stop import StopRequest
 
 from .recording_channel import Event, RecordingChannel

@@ -98,7 +98,7 @@ class InlineExecutor:
         if self._runner is not None:
             return
         soft = self.service.soft_time_limit
-        timer = JobTimer(soft, inline_limit(self.service))
+        timer = JobTimer(soft, inline_limit(self.service, self.settings.rabbitmq.heartbeat))
         try:
             runner = JobRunner(self.settings, self.service, isolated=False, consumer=True,
                                guard=timer.during_job)
