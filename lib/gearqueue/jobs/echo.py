@@ -1,8 +1,9 @@
 """The diagnostic echo job: proves the path end to end and lets tests inject failures.
 
 Body: {"data": <any JSON>, "sleep": seconds (optional), "fail": null | "permanent" |
-"transient" | "crash"}. `crash` kills the executor child with SIGKILL, the way a
-segfault in R would, so the runtime's crash path can be exercised for real.
+"transient" | "crash"}. `crash` kills the process it runs in with SIGKILL (the executor
+child, or the consumer itself when inline), the way a segfault in R would, so the
+runtime's crash path can be exercised for real.
 
 Two optional fields exist for the failure tests (docs/echo.md):
 - "mark": true gives the job a countable side effect, made the way a real job must make

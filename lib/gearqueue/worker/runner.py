@@ -10,9 +10,10 @@ the ack, so a redelivery finds it; and every attempt that may run again is count
   run before, so its attempt 1 is recorded together with its result: one write a job.
   If it kills its process, its message comes back redelivered, and then:
 - a redelivered or retried message always records its attempt *before* it runs, and
-  an earlier attempt that left no record counts as one: a message that kills its
-  consumer is counted from its second delivery on, and after max_retries crashes it
-  is dead-lettered as before.
+  an earlier attempt that left no record counts as one in its number (only recorded
+  attempts use up retries, since a message given back unstarted is redelivered too):
+  a message that kills its consumer is counted from its second delivery on, and is
+  dead-lettered after max_retries + 1 crashes, as before.
 
 In a batch, the result of a fresh job that ran under `HOLD_RESULT_SECONDS` waits for
 the batch's one commit (store.batch); a redelivered job's is committed at once, so a
@@ -96,16 +97,18 @@ class JobRunner:
                                        and record.attempts == 0)
             if fresh and unrun:  # no earlier attempt can have run: recorded with the result
                 return self._run(job_id, 1, payload, began=False)
-            earlier = 0 if restart or record is None else record.attempts
-            if not fresh and not restart:
-                earlier = max(earlier, 1)  # an attempt that left no record counts as one
-            attempt = earlier + 1
-            if attempt > self.service.max_retries + 1:
+            recorded = 0 if restart or record is None else record.attempts
+            # An attempt that left no record counts as one in the attempt's number, but
+            # only recorded attempts use up retries: a message given back unstarted (a
+            # stop, a crash later in its batch) comes back redelivered too, and must
+            # not be dead-lettered without having run.
+            attempt = (recorded if fresh else max(recorded, 1)) + 1
+            if recorded + 1 > self.service.max_retries + 1:
                 last = (record.error or {}).get("message") if record else None
-                error = AttemptsExhausted(f"gave up after {attempt - 1} attempts"
+                error = AttemptsExhausted(f"gave up after {recorded} attempts"
                                           + (f"; last error: {last}" if last else ""))
                 outcome = record_failure(self.store, job_id, Outcome.failure(
-                    error, attempt - 1, max_retries=self.max_retries))
+                    error, recorded, max_retries=self.max_retries))
                 self.store.flush()
                 return outcome
             self.store.begin_attempt(job_id, attempt, self.worker, restart=restart)
