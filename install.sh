@@ -124,7 +124,7 @@ write_dev_config() {
 install_dev() {
     apt_install "${APT_PACKAGES[@]}"
     ensure_broker
-    ensure_venv "$HERE/.venv" "r,h5ad,systemd,test"
+    ensure_venv "$HERE/.venv" "r,h5ad,figures,systemd,test"
     write_dev_config
     mkdir -p "$HERE"/var/{state,datasets,carts,projections,uploads,exports}
     log "done: .venv ready, gear.ini in $HERE"
@@ -244,7 +244,7 @@ install_production() {
     ensure_user
     install -d -m 0755 "$PREFIX" "$PREFIX/listeners" "$PREFIX/share/doc"
     touch "$PREFIX/.gearqueue-install"
-    PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,systemd" copy
+    PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,figures,systemd" copy
     install -m 0755 "$HERE"/listeners/*_consumer.py "$PREFIX/listeners/"
     ln -sfn "$PREFIX/venv/bin/gearqueue" "$BIN_LINK"
     install -m 0644 "$HERE/gear.ini.example" "$HERE"/docs/*.md "$PREFIX/share/doc/"
