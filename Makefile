@@ -13,6 +13,7 @@ demo: install  ## a real projection through the queue, printed
 
 test: install  ## the whole suite: real broker, real R, real systemd
 	$(VENV)/bin/ruff check lib listeners tests bench scripts
+	$(VENV)/bin/python -m mypy  # lib and listeners: [tool.mypy] in pyproject.toml
 	$(VENV)/bin/python -m pytest -q tests
 
 bench: install  ## side-by-side benchmarks; figures in bench/results/
@@ -27,4 +28,4 @@ lint:
 	$(VENV)/bin/ruff check lib listeners tests bench scripts
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

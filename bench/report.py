@@ -9,6 +9,16 @@ THROUGHPUT_RATIOS = (
     ("gearqueue / raw pika", "gear", "raw", 0.8),
     ("gearqueue / Celery prefork x2", "gear", "celery_prefork2", 2.0),
     ("gearqueue / Dramatiq 1x1", "gear", "dramatiq_1x1", 1.2),
+    # Like for like: the peers storing every result too (issue 14).
+    ("gearqueue / Celery prefork x2 + results", "gear", "celery_prefork2_results", 2.0),
+    ("gearqueue / Dramatiq 1x1 + Results", "gear", "dramatiq_1x1_results", 2.0),
+)
+#: The columns of the guarantees table: (key in each [1] entry's "guarantees", header).
+GUARANTEES = (
+    ("ack_after_work", "ack after work"),
+    ("result_stored", "result stored durably"),
+    ("exactly_once_effect", "exactly-once effect / dedupe"),
+    ("crash_loop_guard", "crash-loop guard"),
 )
 
 
@@ -99,13 +109,38 @@ def _projectr_rows(projectr: Any) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _guarantee_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per [1] system (the same at both prefetches): what it promises a job."""
+    rows: dict[str, tuple[str, ...]] = {}
+    for figures in results.get("throughput", {}).values():
+        for key, entry in figures.items():
+            if key not in rows and "guarantees" in entry:
+                rows[key] = (entry["label"], *(entry["guarantees"].get(name, "")
+                                               for name, _ in GUARANTEES))
+    return list(rows.values())
+
+
+def _markdown(header: tuple[str, ...], rows: list[tuple[str, ...]],
+              right: tuple[int, ...] = ()) -> str:
+    """A Markdown table (readable as plain text too); columns in `right` right-aligned."""
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in
+              range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(f"{cell:>{width}}" if column in right else
+                                 f"{cell:<{width}}" for column, (cell, width) in
+                                 enumerate(zip(row, widths, strict=True))) + " |"
+
+    rule = "|" + "|".join("-" * (width + 1) + ":" if column in right else
+                          "-" * (width + 2) for column, width in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)])
+
+
 def table(results: dict[str, Any]) -> str:
-    """A Markdown table (readable as plain text too)."""
-    rows = _rows(results)
-    widths = [max(len(row[column]) for row in [("figure", "value", "notes"), *rows])
-              for column in range(3)]
-    lines = [f"| {'figure':<{widths[0]}} | {'value':>{widths[1]}} | {'notes':<{widths[2]}} |",
-             f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 1)}:|{'-' * (widths[2] + 2)}|"]
-    lines += [f"| {a:<{widths[0]}} | {b:>{widths[1]}} | {c:<{widths[2]}} |"
-              for a, b, c in rows]
-    return "\n".join(lines)
+    """The figures, then (if [1] ran) what each [1] row guarantees."""
+    text = _markdown(("figure", "value", "notes"), _rows(results), right=(1,))
+    guarantees = _guarantee_rows(results)
+    if guarantees:
+        text += "\n\nWhat each [1] row guarantees a job:\n\n" + _markdown(
+            ("[1] system", *(header for _, header in GUARANTEES)), guarantees)
+    return text

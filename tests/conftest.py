@@ -15,6 +15,7 @@ import pytest
 
 from gearqueue.config import Settings, load_settings
 from gearqueue.jobtypes import JOB_TYPES
+from gearqueue.state import StateStore, open_store
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -76,6 +77,24 @@ def make_config(tmp_path: Path) -> ConfigFactory:
 @pytest.fixture
 def settings(make_config: ConfigFactory) -> Settings:
     return load_settings(make_config())
+
+
+#: The job-state backends the state-store suite runs against.
+STATE_BACKENDS = ("sqlite",)
+
+
+@pytest.fixture(params=STATE_BACKENDS)
+def state_config(request: pytest.FixtureRequest, make_config: ConfigFactory) -> Path:
+    """A gear.ini whose job-state store is of each backend in turn."""
+    return make_config()
+
+
+@pytest.fixture
+def store(state_config: Path) -> Iterator[StateStore]:
+    """The echo job type's state store of `state_config`, closed after the test."""
+    opened = open_store(load_settings(state_config), "echo")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

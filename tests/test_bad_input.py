@@ -11,7 +11,7 @@ from amqp import PlainPublisher
 from consumers import ConsumerProcess
 
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_bad_message_gets_a_clear_error_and_is_dead_lettered(served, case: str) 
     reply = publisher.replies.pop(case)[0]
     assert reply["success"] == -1
     assert wanted in reply["message"]
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require(message_id)
+    record = open_store(load_settings(config), "echo").require(message_id)
     assert record.status is JobStatus.FAILED and record.attempts == 1
     assert wanted in record.error["message"]
     assert publisher.depth(publisher.queue + ".dead") == dead_before + 1
@@ -72,7 +72,7 @@ def test_a_message_without_reply_to_is_dead_lettered_silently(served) -> None:
     config, publisher, consumer = served
     message_id = f"no-reply-{time.time_ns()}"
     publisher.publish(b"not json", "no-reply", reply=False, message_id=message_id)
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     deadline = time.monotonic() + 20
     while (record := store.get(message_id)) is None or record.status is not JobStatus.FAILED:
         assert time.monotonic() < deadline

@@ -14,7 +14,7 @@ from amqp import PlainPublisher
 from consumers import ConsumerProcess
 
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_every_job_gets_exactly_one_reply_with_prefetch(
     publisher.settle(0.5)
     assert all(publisher.replies[f"job-{number}"] == [
         {"success": 1, "echo": number, "attempt": 1}] for number in range(300))
-    store = StateStore(load_settings(prefetch_config).paths.state_dir, "echo")
+    store = open_store(load_settings(prefetch_config), "echo")
     assert {store.require(f"job-{n}").status for n in range(300)} == {JobStatus.SUCCEEDED}
     assert publisher.depth(publisher.queue) == 0
 
@@ -97,7 +97,7 @@ def test_sigterm_midway_finishes_what_started_and_gives_back_the_rest(
                for replies in publisher.replies.values())
     # Each job was either run and answered once, or given back untouched: none lost.
     assert len(done) + publisher.depth(publisher.queue) == 20
-    store = StateStore(load_settings(prefetch_config).paths.state_dir, "echo")
+    store = open_store(load_settings(prefetch_config), "echo")
     started = {f"job-{n}" for n in range(20) if store.get(f"job-{n}") is not None}
     assert started == done  # nothing was left half-way (running, unacked)
 
@@ -118,7 +118,7 @@ def test_a_crash_mid_batch_fails_that_job_alone(run_batch) -> None:
             assert reply["success"] == -1 and "executor child died" in reply["message"]
         else:
             assert reply == {"success": 1, "echo": number, "attempt": 1}
-    store = StateStore(load_settings(run.config).paths.state_dir, "echo")
+    store = open_store(load_settings(run.config), "echo")
     assert store.require("job-3").status is JobStatus.FAILED
     assert store.require("job-3").attempts == 2
     marks = _marks(run.config)

@@ -17,8 +17,8 @@ from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.errors import PermanentJobError
 from gearqueue.jobs.dataset_import import DatasetImportJob
+from gearqueue.matrices.targets import open_target
 from gearqueue.matrices.tenx import find_members, mtx_to_h5ad
-from gearqueue.projectr.targets import open_target
 
 GENES = [f"ENSG{i:05d}" for i in range(12)]
 SYMBOLS = [f"Sym{i}" for i in range(12)]

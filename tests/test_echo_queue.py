@@ -15,11 +15,11 @@ from amqp import PlainPublisher
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
 
 
 def wait_until_running(config: Path, job_id: str, timeout: float = 20.0) -> None:
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     deadline = time.monotonic() + timeout
     while (record := store.get(job_id)) is None or record.status is not JobStatus.RUNNING:
         assert time.monotonic() < deadline, f"job {job_id} never started running"
@@ -132,6 +132,6 @@ def test_redelivered_success_replies_from_the_stored_result(
         publisher.publish({"data": "once"}, "dup", message_id=message_id)
     publisher.wait_replies(2, timeout=20)
     assert publisher.replies["dup"] == [{"success": 1, "echo": "once", "attempt": 1}] * 2
-    store = StateStore(load_settings(settings_path).paths.state_dir, "echo")
+    store = open_store(load_settings(settings_path), "echo")
     record = store.require(message_id)
     assert record.status is JobStatus.SUCCEEDED and record.attempts == 1

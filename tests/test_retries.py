@@ -13,7 +13,7 @@ import pytest
 from amqp import PlainPublisher
 
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
 
 LOG_LINE = re.compile(r"^(\S+ \S+) INFO gearqueue\.consumer\[\d+\]: job (\S+) (retrying|failed) "
                       r"\(attempt (\d+)", re.M)
@@ -56,7 +56,7 @@ def test_transient_failures_back_off_exponentially_then_dead_letter_says_why(ser
     assert headers["x-gear-original-queue"] == publisher.queue
     assert abs(headers["x-gear-failed-at"] - time.time()) < 30
     assert json.loads(headers["x-gear-reply"]) == reply
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require("flaky-1")
+    record = open_store(load_settings(config), "echo").require("flaky-1")
     assert record.status is JobStatus.FAILED and record.attempts == 4
     assert record.error is not None and record.error["class"] == "TransientJobError"
     assert record.result == reply
@@ -84,5 +84,5 @@ def test_a_permanent_error_is_dead_lettered_at_once(served) -> None:
     assert properties.headers["x-gear-attempts"] == 1
     assert properties.headers["x-gear-error-class"] == "PermanentJobError"
     assert len(attempt_times(consumer.log(), "bad-1")) == 1
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require("bad-1")
+    record = open_store(load_settings(config), "echo").require("bad-1")
     assert (record.status, record.attempts) == (JobStatus.FAILED, 1)

@@ -19,8 +19,8 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import topology
-from .batch import OutgoingMessage, publish_batch
 from .broker import close_quietly, connect, connection_parameters, converted_errors
+from .bulk import OutgoingMessage, publish_batch
 from .config import Settings
 from .errors import (
     BatchPublishError,
@@ -32,9 +32,9 @@ from .errors import (
     ReplyTimeout,
     UnroutableError,
 )
-from .jobs.fields import SAFE_ID
+from .fields import SAFE_ID
 from .runner import JobRunner
-from .state import JobRecord, JobStatus, StateStore
+from .state import JobRecord, StateStore, open_store
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -88,7 +88,7 @@ class Client:
         """Queue many jobs with streaming publisher confirms; return their ids in order.
 
         Every payload is validated before anything is published. The batch goes out on a
-        connection of its own (gearqueue.batch), far faster than `submit` in a loop,
+        connection of its own (gearqueue.bulk), far faster than `submit` in a loop,
         which waits for each confirm. BatchPublishError, with a report naming the jobs
         that were nacked, unroutable or unconfirmed, if any job was not queued.
         """
@@ -100,8 +100,7 @@ class Client:
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
         # Fresh random ids: nothing to read, nobody reading yet; one commit for all.
-        self._store(job_type).create_many(
-            JobRecord(job_id, job_type, JobStatus.QUEUED) for job_id in job_ids)
+        self._store(job_type).queued_many(job_ids)
         self._channel_for(job_type)  # declares the topology once, so the batch is routable
         now = int(time.time())
         messages = [OutgoingMessage(job_id, body, pika.BasicProperties(
@@ -177,22 +176,12 @@ class Client:
     def _store(self, job_type: str) -> StateStore:
         store = self._stores.get(job_type)
         if store is None:
-            store = self._stores[job_type] = StateStore(self.settings.paths.state_dir,
-                                                        job_type)
+            store = self._stores[job_type] = open_store(self.settings, job_type)
         return store
 
     def _record_queued(self, job_type: str, job_id: str) -> bool:
-        """Record the job as queued unless it has a record; True if this created it.
-
-        One create, refused when the id has a record, rather than a read and then a
-        write: it is on every submit's and call's path before the publish, and a record
-        an executor child wrote in between is never set back to queued.
-        """
-        try:
-            self._store(job_type).create(JobRecord(job_id, job_type, JobStatus.QUEUED))
-        except FileExistsError:
-            return False
-        return True
+        """Record the job as queued unless it has a record; True if this created it."""
+        return self._store(job_type).queued(job_id)
 
     @contextlib.contextmanager
     def _refused_unless_queued(self, job_type: str, job_id: str, created: bool
@@ -204,10 +193,7 @@ class Client:
             yield
         except PublishError as error:
             if created:
-                self._store(job_type).update(
-                    job_id, status=JobStatus.FAILED, error={
-                        "class": type(error).__name__, "message": str(error),
-                        "traceback": None, "attempt": 0})
+                self._store(job_type).refused(job_id, error)
             raise
 
     def _channel_for(self, job_type: str) -> BlockingChannel:
@@ -292,8 +278,9 @@ class Client:
 
     def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties,
                   body: bytes) -> None:
+        job_id = properties.correlation_id or ""  # no job has the empty id
         try:
-            self._replies[properties.correlation_id] = json.loads(body)
+            self._replies[job_id] = json.loads(body)
         except (ValueError, TypeError):
-            self._replies[properties.correlation_id] = {
+            self._replies[job_id] = {
                 "success": -1, "message": f"unreadable reply: {body[:200]!r}"}

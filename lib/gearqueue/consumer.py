@@ -32,7 +32,8 @@ from .notify import Notifier
 from .outcome import Outcome
 from .runner import record_failure, stored_outcome
 from .session import Delivery, Session
-from .state import StateStore
+from .state import open_store
+from .state.migrate import import_record_files
 from .stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Consumer:
         self.identifier = identifier
         self.stop = stop or StopRequest()
         self.notifier = notifier or Notifier()
-        self.store = StateStore(settings.paths.state_dir, job_type)
+        self.store = open_store(settings, job_type)
         self.executor = Executor(settings, job_type, identifier)
         self.session: Session | None = None
         self._last_start = 0.0
@@ -87,7 +88,7 @@ class Consumer:
     def run(self) -> None:
         """Serve until stopped. Raises ConfigError/TopologyMismatch/ExecutorStartFailed."""
         self.store.check_writable()
-        self.store.import_record_files()
+        import_record_files(self.store, self.settings.paths.state_dir / self.service.job_type)
         self.notifier.status("starting: loading the executor")
         self.executor.start(idle=self.notifier.watchdog)
         failures = 0

@@ -16,7 +16,7 @@ from typing import Any
 from pika.spec import BasicProperties
 
 from .errors import InvalidMessage
-from .jobs.fields import SAFE_ID
+from .fields import SAFE_ID
 
 ACCEPTED_CONTENT_TYPES = (None, "", "application/json", "text/json", "text/plain")
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from .config import Settings
 from .errors import AttemptsExhausted
+from .jobs import load_job
 from .jobs.base import Job, JobContext
-from .jobtypes import load_job
 from .log import fields
 from .outcome import Outcome, as_job_error
-from .state import JobRecord, JobStatus, StateStore
+from .state import JobRecord, JobStatus, StateStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,8 @@ def record_failure(store: StateStore, max_retries: int, job_id: str,
     Also used by the consumer for what happens outside the child: crashes, time limits
     and messages rejected before a job could start.
     """
-    retrying = outcome.should_retry(max_retries)
-    store.update(job_id, status=JobStatus.RETRYING if retrying else JobStatus.FAILED,
-                 attempts=outcome.attempt, error=outcome.error_record(),
-                 result=None if retrying else outcome.reply)
+    store.failed(job_id, outcome.attempt, outcome.error_record(), outcome.reply,
+                 retrying=outcome.should_retry(max_retries))
     return outcome
 
 
@@ -73,7 +71,7 @@ class JobRunner:
         self.settings = settings
         self.service = settings.service(job_type)
         self.job: Job[Any] = load_job(job_type)(settings)
-        self.store = StateStore(settings.paths.state_dir, job_type)
+        self.store = open_store(settings, job_type)
         self.isolated = isolated
         self.guard = guard
         self.max_retries = self.service.max_retries if isolated else 0
@@ -93,20 +91,17 @@ class JobRunner:
             record = self.store.get(job_id)
             if record is not None and record.status is JobStatus.SUCCEEDED:
                 return self._replay(record)
-            if record is not None and record.status is JobStatus.FAILED:
-                if not fresh:
-                    return self._replay(record)
-                record = record.evolve(attempts=0, error=None, result=None)
-            attempt = (record.attempts if record else 0) + 1
+            restart = record is not None and record.status is JobStatus.FAILED
+            if record is not None and restart and not fresh:
+                return self._replay(record)
+            attempt = 1 if restart or record is None else record.attempts + 1
             if attempt > self.service.max_retries + 1:
                 last = (record.error or {}).get("message") if record else None
                 error = AttemptsExhausted(f"gave up after {attempt - 1} attempts"
                                           + (f"; last error: {last}" if last else ""))
                 return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
                     error, self.job.failure_reply(error), attempt - 1))
-            base = record or JobRecord(job_id, self.service.job_type, JobStatus.QUEUED)
-            running = self.store.put(base.evolve(status=JobStatus.RUNNING, attempts=attempt,
-                                                 worker=self.worker))
+            running = self.store.begin_attempt(job_id, attempt, self.worker, restart=restart)
             return self._run(running, payload)
 
     def _run(self, running: JobRecord, payload: Mapping[str, Any]) -> Outcome:
@@ -125,8 +120,7 @@ class JobRunner:
             job_error, text = as_job_error(error)
             return record_failure(self.store, self.max_retries, job_id, Outcome.failure(
                 job_error, self.job.failure_reply(job_error), attempt, text))
-        # We hold the job's lock, so the record is still the one we stored: no re-read.
-        self.store.put(running.evolve(status=JobStatus.SUCCEEDED, result=reply, error=None))
+        self.store.succeeded(job_id, reply)
         return Outcome.success(reply, attempt)
 
     def _replay(self, record: JobRecord) -> Outcome:

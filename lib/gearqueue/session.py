@@ -88,6 +88,7 @@ class Session:
 
     def _on_message(self, channel: Any, method: Basic.Deliver, properties: BasicProperties,
                     body: bytes) -> None:
+        assert method.delivery_tag is not None  # the broker always sends one (None: a default)
         self.pending.append(Delivery(self, method.delivery_tag, method.redelivered,
                                      properties, body))
 

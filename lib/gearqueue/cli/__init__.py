@@ -1,4 +1,5 @@
-"""The `gearqueue` command. Each subcommand lives in its own module with `register()`.
+"""The `gearqueue` command. Each subcommand lives in its own module (`<name>_cmd.py`) with
+`register()`; what only that command uses sits beside it as `<name>_<what>.py`.
 
 Exit codes are gearqueue.exitcodes: 0 ok, 1 job failed, 2 usage or config error,
 3 timeout, 4 broker unavailable. Errors are handled here, once.

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import exitcodes
 from ..config import load_settings, mask_url
-from ..example import render_example
+from .config_example import render_example
 
 
 def register(subparsers: Any) -> None:

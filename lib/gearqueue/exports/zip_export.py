@@ -21,14 +21,14 @@ from typing import Any
 
 from ..errors import PermanentJobError, TransientJobError
 from ..files import atomic_output, describe, sha256_file
+from ..matrices import GeneBlock
+from ..matrices.chunks import gene_blocks
+from ..matrices.delimited import DelimitedReader, write_delimited
+from ..matrices.h5ad import H5adTarget
 from ..matrices.obs_column import read_obs_column
-from ..matrixio import GeneBlock
-from ..matrixio.chunks import gene_blocks
-from ..matrixio.delimited import DelimitedReader, write_delimited
-from ..projectr.h5ad import H5adTarget
+from ..matrices.tables import read_text_matrix
+from ..matrices.targets import find_target, open_target
 from ..projectr.outputs import INDEX_NAME, ProjectionFiles, read_index
-from ..projectr.tables import read_text_matrix
-from ..projectr.targets import find_target, open_target
 from .bundle import BundleWriter, read_verified
 from .heatmap import draw_heatmap
 from .versions import software_versions

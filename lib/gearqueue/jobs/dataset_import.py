@@ -21,23 +21,23 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
+from ..fields import get_choice, get_field, get_safe_id, reject_unknown
 from ..files import (
     atomic_output,
     describe,
+    exclusive,
     remove_stale_temps,
     require_dir,
     require_space,
     sha256_file,
 )
+from ..matrices.convert import MatrixSummary, check_h5ad, copy_h5ad, stamp, text_to_h5ad
+from ..matrices.delimited import DELIMITERS, GZIP_MAGIC
+from ..matrices.h5ad_writer import read_provenance
+from ..matrices.targets import TARGET_SUFFIXES
 from ..matrices.tenx import TenxFolder, find_members, folder_checksum, mtx_to_h5ad
 from ..matrices.tenx import uncompressed_size as folder_size
-from ..matrixio.convert import MatrixSummary, check_h5ad, copy_h5ad, stamp, text_to_h5ad
-from ..matrixio.delimited import DELIMITERS, GZIP_MAGIC
-from ..matrixio.h5ad_writer import read_provenance
-from ..projectr.locks import exclusive
-from ..projectr.targets import TARGET_SUFFIXES
 from .base import Job, JobContext
-from .fields import get_choice, get_field, get_safe_id, reject_unknown
 
 FORMATS = ("csv", "tsv", "h5ad", "mtx")
 #: Upload name endings that say the format (checked lower-case, longest first).

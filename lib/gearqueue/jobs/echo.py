@@ -27,9 +27,9 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
+from ..fields import get_choice, get_field, reject_unknown
 from ..files import write_atomically
 from .base import Job, JobContext
-from .fields import get_choice, get_field, reject_unknown
 
 FAIL_MODES = ("permanent", "transient", "crash")
 #: A longer sleep is almost certainly a mistake in a diagnostic message.

@@ -24,16 +24,22 @@ from typing import Any, cast
 
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
 from ..exports.zip_export import export_zip
-from ..files import atomic_output, describe, remove_stale_temps, require_dir, sha256_file
-from ..matrixio import GeneBlock
-from ..matrixio.chunks import gene_blocks
-from ..matrixio.delimited import DELIMITERS, DelimitedReader, write_delimited
-from ..projectr.locks import exclusive
+from ..fields import SAFE_ID, get_choice, get_field, get_safe_id, reject_unknown
+from ..files import (
+    atomic_output,
+    describe,
+    exclusive,
+    remove_stale_temps,
+    require_dir,
+    sha256_file,
+)
+from ..matrices import GeneBlock
+from ..matrices.chunks import gene_blocks
+from ..matrices.delimited import DELIMITERS, DelimitedReader, write_delimited
+from ..matrices.tables import read_text_matrix
+from ..matrices.targets import find_target, open_target
 from ..projectr.outputs import ProjectionFiles
-from ..projectr.tables import read_text_matrix
-from ..projectr.targets import find_target, open_target
 from .base import Job, JobContext
-from .fields import SAFE_ID, get_choice, get_field, get_safe_id, reject_unknown
 
 FORMATS = ("csv", "tsv", "zip")
 #: An obs column name: any text but control characters, at most this long.

@@ -17,8 +17,8 @@ from typing import TextIO, cast
 
 import numpy as np
 
-from ..matrixio import MatrixFormatError
-from ..projectr.tables import NA_TOKENS
+from ..errors import MatrixFormatError
+from .tables import NA_TOKENS
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: Names given to features.tsv's second and third columns (as scanpy's read_10x_mtx).

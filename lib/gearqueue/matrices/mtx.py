@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..matrixio import MatrixFormatError
+from ..errors import MatrixFormatError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The CSR layout of cells x genes is the 10x matrix's entries, cell after cell, so
 `data` and `indices` are appended as the MTX file is read and only `indptr` (one
 integer per cell) is kept until the end. obs and var are written last, with their
 annotation columns (string or float64), in the layout anndata 0.8+ writes; checked by
-reading the result back with anndata and with ProjectR's reader (projectr/h5ad.py).
+reading the result back with anndata and with ProjectR's reader (matrices/h5ad.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from types import TracebackType
 import h5py
 import numpy as np
 
-from ..matrixio.h5ad_writer import write_provenance
 from .annotations import Table
+from .h5ad_writer import write_provenance
 
 #: Entries per HDF5 chunk of data/indices (1 MiB of float64).
 CHUNK_ENTRIES = 1 << 17

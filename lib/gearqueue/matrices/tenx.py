@@ -18,11 +18,11 @@ from typing import BinaryIO, cast
 
 import numpy as np
 
+from ..errors import MatrixFormatError
 from ..files import sha256_file
-from ..matrixio import MatrixFormatError
-from ..matrixio.convert import DuplicateGenes, MatrixSummary
 from . import mtx
 from .annotations import GZIP_MAGIC, Table, read_annotations, read_barcodes, read_features
+from .convert import DuplicateGenes, MatrixSummary
 from .sparse_h5ad import SparseH5adWriter
 
 log = logging.getLogger(__name__)

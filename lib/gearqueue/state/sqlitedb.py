@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import StateStoreUnavailable
+from ..errors import StateStoreUnavailable
 
 _T = TypeVar("_T")
 
@@ -126,11 +126,20 @@ class Database:
                     raise
                 raise StateStoreUnavailable(f"job state store {self.path}: {error}") from error
 
-    def open(self) -> sqlite3.Connection:
-        """A new connection of its own, set up (WAL, the schema), for the caller to close."""
-        if not self._folder_made:  # saves a mkdir system call per connection
+    def close(self) -> None:
+        """Close this process's connection (the next use opens a new one)."""
+        with self._session.mutex:
+            self._session.close()
+
+    def make_folder(self) -> None:
+        """The database's folder, made once per process (not a system call per job)."""
+        if not self._folder_made:
             os.makedirs(self.path.parent, exist_ok=True)
             self._folder_made = True
+
+    def open(self) -> sqlite3.Connection:
+        """A new connection of its own, set up (WAL, the schema), for the caller to close."""
+        self.make_folder()
         # Created private, as the record files were (SQLite gives its -wal and -shm
         # files the database file's mode). Only if absent: closing a descriptor of an
         # open database would drop every POSIX lock this process's connections hold.

@@ -31,6 +31,8 @@ def _from_management(params: pika.URLParameters, timeout: float) -> dict[str, in
         f"http://{params.host}:{MANAGEMENT_PORT}/api/queues/{vhost}"
         "?columns=name,messages_unacknowledged")
     credentials = params.credentials
+    if not isinstance(credentials, pika.PlainCredentials):  # EXTERNAL (TLS client certs)
+        return None
     token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
     request.add_header("Authorization", f"Basic {token.decode()}")
     try:

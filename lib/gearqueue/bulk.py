@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pika
+from pika.connection import Parameters
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
+
+from .errors import DuplicateJobIds
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class BatchReport:
 class _BatchRun:
     """One attempt on one connection; drives a SelectConnection until the batch is settled."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, exchange: str, routing_key: str,
+    def __init__(self, parameters: Parameters, exchange: str, routing_key: str,
                  messages: Sequence[OutgoingMessage], window: int, timeout: float) -> None:
         self.exchange, self.routing_key = exchange, routing_key
         self.messages = messages
@@ -180,7 +183,7 @@ class _BatchRun:
         return report
 
 
-def publish_batch(parameters: Sequence[pika.ConnectionParameters], exchange: str,
+def publish_batch(parameters: Sequence[Parameters], exchange: str,
                   routing_key: str, messages: Sequence[OutgoingMessage], *,
                   window: int = DEFAULT_WINDOW, timeout: float = 60.0) -> BatchReport:
     """Publish `messages` (persistent, mandatory) and account for every one of them.
@@ -189,7 +192,7 @@ def publish_batch(parameters: Sequence[pika.ConnectionParameters], exchange: str
     a connection lost halfway is not retried (the report says which jobs are unknown).
     """
     if len({message.job_id for message in messages}) != len(messages):
-        raise ValueError("job ids in a batch must be unique")
+        raise DuplicateJobIds("job ids in a batch must be unique")
     if not messages:
         return BatchReport()
     run: _BatchRun | None = None

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import textwrap
 
-from .defaults import PATH_KEYS, RABBITMQ_KEYS, SERVICE_KEYS, Key
-from .jobtypes import JOB_TYPES
+from ..defaults import PATH_KEYS, RABBITMQ_KEYS, SERVICE_KEYS, Key
+from ..jobtypes import JOB_TYPES
 
 HEADER = """\
 ; gear.ini - gearqueue configuration. Every key is listed, commented out, with its

@@ -27,12 +27,12 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import topology
-from .broker import close_quietly, connect, converted_errors
-from .config import Settings
-from .envelope import job_id_of
-from .errors import NotInDeadQueue, PublishError
-from .state import JobRecord, JobStatus, StateStore
+from .. import topology
+from ..broker import close_quietly, connect, converted_errors
+from ..config import Settings
+from ..envelope import job_id_of
+from ..errors import NotInDeadQueue, PublishError
+from ..state import JobRecord, open_store
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class DeadQueue:
         self.settings = settings
         self.service = settings.service(job_type)
         self.queue = topology.dead_queue(self.service)
-        self.store = StateStore(settings.paths.state_dir, job_type)
+        self.store = open_store(settings, job_type)
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[pika.BlockingConnection]:
@@ -143,6 +143,9 @@ class DeadQueue:
                 method, properties, body = channel.basic_get(self.queue, auto_ack=False)
                 if method is None:
                     break
+                # A Get-Ok always has these; pika's None is for Get-Empty (method None).
+                assert method.delivery_tag is not None and properties is not None
+                assert body is not None
                 letters.append(DeadLetter(job_id_of(properties, body), method.delivery_tag,
                                           properties, body))
         return letters
@@ -190,7 +193,7 @@ class DeadQueue:
                                      replay_properties(letter), mandatory=True)
         except PublishError:
             if replaced is not None:  # still dead: its record says so again
-                self.store.put(replaced)
+                self.store.restore(replaced)
             raise
         with converted_errors(f"removing {letter.job_id} from '{self.queue}'"):
             reader.basic_ack(letter.delivery_tag)
@@ -202,14 +205,7 @@ class DeadQueue:
         A job that succeeded meanwhile (through another copy of its message) keeps its
         record: the replayed copy is then answered from it, never run a second time.
         """
-        with self.store.locked(job_id):
-            previous = self.store.get(job_id)
-            if previous is not None and previous.status is JobStatus.SUCCEEDED:
-                return None
-            base = previous or JobRecord(job_id, self.service.job_type, JobStatus.QUEUED)
-            self.store.put(base.evolve(status=JobStatus.QUEUED, attempts=0, error=None,
-                                       result=None))
-        return previous
+        return self.store.reset_for_replay(job_id)
 
     def purge(self, older_than: float | None = None, now: float | None = None
               ) -> tuple[list[str], int]:

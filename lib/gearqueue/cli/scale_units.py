@@ -16,8 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, SystemctlFailed, SystemdUnavailable
-from .jobtypes import JOB_TYPES
+from ..errors import ConfigError, SystemctlFailed, SystemdUnavailable
+from ..jobtypes import JOB_TYPES
 
 #: Where `systemctl enable` writes the links of units installed in /etc/systemd/system.
 UNIT_DIR = Path("/etc/systemd/system")

@@ -21,11 +21,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import PermanentJobError
-from ..projectr.h5ad import H5adTarget
-from . import BLOCK_VALUES, MatrixFormatError
+from ..errors import MatrixFormatError, PermanentJobError
+from . import BLOCK_VALUES
 from .chunks import sample_chunks
 from .delimited import DelimitedReader
+from .h5ad import H5adTarget
 from .h5ad_writer import H5adWriter, write_provenance
 
 #: How many repeated gene ids a reply lists (all are counted).

@@ -6,7 +6,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ..errors import InvalidMessage
+from .errors import InvalidMessage
 
 #: Ids that name files: letters, digits, '.', '_', '-'; no leading dot, no '..', <= 128.
 SAFE_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")

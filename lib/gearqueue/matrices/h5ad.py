@@ -54,7 +54,7 @@ class H5adTarget:
 
     def _shape(self) -> tuple[int, int]:
         if self._format == "dense":
-            return tuple(self._x.shape)  # type: ignore[return-value]
+            return tuple(self._x.shape)
         return tuple(int(n) for n in self._x.attrs.get("shape", self._x.attrs.get(
             "h5sparse_shape", (-1, -1))))  # type: ignore[return-value]
 

@@ -27,7 +27,11 @@ TARGET_SUFFIXES = (".h5ad", ".csv", ".tsv")
 
 
 class Target(Protocol):
-    path: Path | None
+    @property
+    def path(self) -> Path | None:
+        """The file read, if any (a target given in memory has none); only ever read."""
+        ...
+
     gene_ids: list[str]
     sample_ids: list[str]
 

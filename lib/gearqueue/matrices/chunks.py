@@ -1,6 +1,6 @@
 """Walk a ProjectR `Target` (h5ad or in-memory) in bounded pieces.
 
-ProjectR's targets (gearqueue.projectr.targets) are read by chunks of samples, the way
+Targets (gearqueue.matrices.targets, what ProjectR reads) are read by chunks of samples, the way
 AnnData stores X. An export writes one line per gene with every sample on it, so it
 needs blocks of genes: each block is filled sample chunk by sample chunk, which costs
 one pass over X per block, and keeps memory at about `budget` bytes whatever the size
@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..projectr.targets import Target
 from . import BLOCK_VALUES, GeneBlock, genes_per_block
+from .targets import Target
 
 _FLOAT = np.dtype(np.float64).itemsize
 

@@ -25,8 +25,9 @@ from typing import BinaryIO, TextIO, cast
 
 import numpy as np
 
-from ..projectr.tables import NA_TOKENS  # the same missing-value cells as ProjectR reads
-from . import BLOCK_VALUES, GeneBlock, MatrixFormatError, genes_per_block
+from ..errors import MatrixFormatError
+from . import BLOCK_VALUES, GeneBlock, genes_per_block
+from .tables import NA_TOKENS  # the same missing-value cells as ProjectR reads
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from urllib.parse import urlparse
 import pika
 import pika.exceptions as pe
 
-from . import topology
-from .broker import close_quietly, connect, server_version
-from .config import ServiceSettings, Settings, mask_url
-from .errors import BrokerUnavailable, ConfigError
-from .session import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
-from .state import StateStore
+from .. import topology
+from ..broker import close_quietly, connect, server_version
+from ..config import ServiceSettings, Settings, mask_url
+from ..errors import BrokerUnavailable, ConfigError
+from ..session import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
+from ..state import open_store
 
 DEFAULT_CONSUMER_TIMEOUT_MS = 1_800_000
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "")
@@ -158,7 +158,8 @@ def check_service(connection: pika.BlockingConnection, service: ServiceSettings
     missing = []
     findings = []
     frames = {}
-    queues = [(service.queue, topology.main_queue_arguments(service))]
+    queues: list[tuple[str, dict[str, Any] | None]] = [
+        (service.queue, topology.main_queue_arguments(service))]
     queues += [(topology.retry_queue(service, attempt), retry_arguments)
                for attempt in range(1, service.max_retries + 1)]
     queues.append((topology.dead_queue(service), None))
@@ -197,7 +198,7 @@ def diagnose(settings: Settings, job_types: list[str],
     for job_type in job_types:
         service = settings.service(job_type)
         try:
-            StateStore(settings.paths.state_dir, job_type).check_writable()
+            open_store(settings, job_type).check_writable()
             yield Finding(Level.OK, job_type, f"state_dir {settings.paths.state_dir} is "
                           "writable")
         except ConfigError as error:
@@ -222,7 +223,8 @@ def _diagnose_broker(settings: Settings, urls: tuple[str, ...],
         return
     try:
         version = server_version(connection)
-        params = connection._impl.params
+        # Which of the URLs answered: pika keeps it on the adapter, not in public.
+        params = connection._impl.params  # type: ignore[attr-defined]
         url = next((u for u in urls if urlparse(u).hostname == params.host
                     and (urlparse(u).port or 5672) == params.port), urls[0])
         yield Finding(Level.OK, "broker", f"{mask_url(url)}: RabbitMQ "
