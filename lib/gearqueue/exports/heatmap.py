@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: Image width in pixels, and its height: HEIGHT_BASE + HEIGHT_PER_PATTERN per pattern,
 #: kept within HEIGHT_RANGE.
@@ -165,7 +168,7 @@ def _colours(image: np.ndarray) -> tuple[str, float, float, str]:
     return "viridis", low, high, "max" if finite.max() > high else "neither"
 
 
-def _pattern_ticks(axes, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _pattern_ticks(axes: Axes, names: list[str]) -> None:
     step = max(1, -(-len(names) // MAX_PATTERN_LABELS))
     positions = list(range(0, len(names), step))
     axes.set_yticks(positions, [names[i] for i in positions],
