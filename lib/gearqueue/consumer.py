@@ -27,6 +27,7 @@ from .errors import (
     TopologyMismatch,
 )
 from .executor import Executor, ExecutorDied
+from .jobtypes import load_job
 from .log import fields
 from .notify import Notifier
 from .outcome import Outcome
@@ -307,7 +308,8 @@ class Consumer:
         for job in batch.jobs[:index + 1]:
             job_id = job.envelope.job_id
             outcome = stored_outcome(self.store.get(job_id), batch.handed_at)
-            done.append((job, outcome or self._failed_outside(job_id, error), seconds))
+            done.append((job, outcome or self._failed_outside(job_id, job.payload, error),
+                         seconds))
         return done, batch.jobs[index + 1:]
 
     def _reject(self, delivery: Delivery, error: InvalidMessage) -> None:
@@ -316,7 +318,8 @@ class Consumer:
         envelope = envelope_of(delivery.properties, delivery.body)
         attempt = self._attempts_so_far(envelope.job_id) + 1
         outcome = record_failure(self.store, self.service.max_retries, envelope.job_id,
-                                 Outcome.failure(error, settle.failure_reply(error), attempt))
+                                 Outcome.failure(error, settle.failure_reply(error), attempt),
+                                 job=self._job_hooks())
         settle.settle(self.session_for(delivery), self.service, delivery, envelope, outcome)
         self._log_outcome(envelope, outcome, 0.0)
 
@@ -335,13 +338,20 @@ class Consumer:
             raise BrokerUnavailable("the session that received this job is gone")
         return delivery.session
 
-    def _failed_outside(self, job_id: str, error: ExecutorCrashed | HardTimeLimitExceeded
-                        | MemoryLimitExceeded) -> Outcome:
+    def _failed_outside(self, job_id: str, payload: dict[str, Any],
+                        error: ExecutorCrashed | HardTimeLimitExceeded | MemoryLimitExceeded
+                        ) -> Outcome:
         """Record a failure the child could not record itself (it is dead)."""
         log.warning("job %s: %s", job_id, error.message, extra=fields(job_id=job_id))
         attempt = max(self._attempts_so_far(job_id), 1)
         return record_failure(self.store, self.service.max_retries, job_id,
-                              Outcome.failure(error, settle.failure_reply(error), attempt))
+                              Outcome.failure(error, settle.failure_reply(error), attempt),
+                              job=self._job_hooks(), payload=payload)
+
+    def _job_hooks(self) -> Any:
+        """The job type's object here in the consumer, for its final-failure hook only
+        (the child has its own); built on demand, as failures are rare."""
+        return load_job(self.service.job_type)(self.settings)
 
     def _keep_alive(self) -> None:
         self.notifier.watchdog()
