@@ -112,14 +112,14 @@ SERVICE_KEYS: tuple[Key, ...] = (
         "under gEAR)."),
     Key("queue_durable", parse_optional_bool, None,
         "Declare the main queue durable (waiting jobs survive a broker restart). Empty: "
-        "1 under contract = gearqueue, 0 under contract = gear (gEAR's publisher "
+        "1 with the gearqueue contract, 0 with the gear contract (gEAR's publisher "
         "declares it non-durable; set 1 only after making gEAR's publisher durable too)."),
     Key("queue_enabled", parse_bool, True,
         "1: submit() publishes to RabbitMQ and a consumer runs the job. 0: the job runs "
         "in-process in the caller, and no broker is contacted."),
     Key("queue_host", parse_str, "localhost",
         "Broker host used when [rabbitmq] url is empty (gEAR's original key)."),
-    Key("queue", parse_str, "{job_type}_jobs", "Queue name (under contract = gear the "
+    Key("queue", parse_str, "{job_type}_jobs", "Queue name (with the gear contract the "
         "default is <job_type>, gEAR's name). Retry queues are <queue>.retry.N, "
         "dead letters go to <queue>.dead."),
     Key("prefetch", parse_int, 1, "Unacked messages a consumer holds (basic.qos).", minimum=1),
