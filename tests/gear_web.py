@@ -93,7 +93,7 @@ class GearWebAPI:
                    "full_output": full_output}
         try:
             self.publish(message)
-        except Exception as error:  # gEAR: status failed with str(e)
+        except Exception as error:  # noqa: BLE001 - as gEAR: any error fails the status
             status["status"] = "failed"
             status["error"] = str(error)
             path.write_text(json.dumps(status))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -26,7 +27,8 @@ from gearqueue.config import load_settings
 from gearqueue.errors import ConfigError, InvalidMessage, PermanentJobError
 from gearqueue.jobs.projectr import ProjectRJob
 from gearqueue.outcome import Outcome
-from gearqueue.projectr.gear_contract import gear_projection_id
+from gearqueue.projectr.gear_contract import UNWEIGHTED_WITH_NMF, gear_projection_id
+from gearqueue.projectr.gear_files import gear_lock
 
 #: gEAR's gear.ini.template, section by section and key by key; values of our own.
 GEAR_INI = """\
@@ -167,11 +169,10 @@ def test_message_without_projection_id_gets_gears_id(gear_job) -> None:
 
 def test_unweighted_lists_are_refused_as_gear_refuses_them(gear_job) -> None:
     job, _ = gear_job
-    with pytest.raises(InvalidMessage, match="^Unweighted gene lists cannot be used with NMF "
-                                             "algorithms.$"):
+    with pytest.raises(InvalidMessage, match=re.escape(UNWEIGHTED_WITH_NMF)):
         job.validate(payload("fixednmf", scope="unweighted-list"))
-    with pytest.raises(InvalidMessage, match="gene cart 'cart' is an unweighted gene list.*"
-                                             "MySQL.*cart.cart.tab"):
+    with pytest.raises(InvalidMessage, match=r"gene cart 'cart' is an unweighted gene list.*"
+                                             r"MySQL.*cart\.cart\.tab"):
         job.validate(payload("pca", scope="unweighted-list"))
 
 
@@ -259,8 +260,8 @@ def test_a_nan_result_fails_the_job_with_gears_sentence(gear_job) -> None:
     base = rng.gamma(2.0, 1.0, (60, 2))
     loadings = np.column_stack([base, base[:, 0]])  # P2 = P0: not estimable -> NA
     inputs(settings, rng.gamma(2.0, 1.0, (60, 12)), loadings)
-    with pytest.raises(PermanentJobError, match="^There are NaN values in the projection "
-                                                "patterns.  Cannot proceed.$"):
+    with pytest.raises(PermanentJobError, match=re.escape(
+            "There are NaN values in the projection patterns.  Cannot proceed.")):
         run(job, algorithm="nmf", projection_id="nan")
     assert not (settings.paths.projections_dir / "by_dataset" / "ds" / "nan.csv").exists()
 
@@ -314,8 +315,7 @@ def test_workers_wait_for_gears_lock_and_gear_waits_for_ours(gear_job) -> None:
     assert replies and replies[0]["success"] == 2  # found gEAR's result, did not recompute
 
     # ours held: gEAR's flock on the same name cannot be had
-    from gearqueue.projectr.gear_files import gear_lock
-    with gear_lock(lock, purpose="test"):
-        with open(lock, "w+") as probe, pytest.raises(BlockingIOError):
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with gear_lock(lock, purpose="test"), open(lock, "w+") as probe, \
+            pytest.raises(BlockingIOError):
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert not lock.exists()
