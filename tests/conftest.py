@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from state_backends import STATE_BACKENDS, chosen_backend, scratch_database
 
 from gearqueue.config import Settings, load_settings
 from gearqueue.jobtypes import JOB_TYPES
@@ -42,13 +43,17 @@ def _restore_library_path() -> None:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path) -> ConfigFactory:
+def make_config(tmp_path: Path, request: pytest.FixtureRequest) -> ConfigFactory:
     """Write a gear.ini for this test and return its path.
 
     Keyword arguments set keys: `echo_service={"prefetch": 10}`, `rabbitmq={...}`,
-    `paths={...}`. Queues are named `t<random>.<type>_jobs`.
+    `paths={...}`. Queues are named `t<random>.<type>_jobs`. The job-state store is
+    that of $GEAR_TEST_STATE_BACKEND (SQLite by default; `state={"url": ...}` sets it).
     """
     tag = f"t{uuid.uuid4().hex[:10]}"
+    # Only tests that run consumers or clients get a database (the `state_url` fixture);
+    # a store-suite test brings its own through `state={...}`.
+    state = request.getfixturevalue("state_url") if chosen_backend() != "sqlite" else ""
 
     def make(name: str = "gear.ini", **sections: dict[str, object]) -> Path:
         content: dict[str, dict[str, object]] = {
@@ -57,6 +62,8 @@ def make_config(tmp_path: Path) -> ConfigFactory:
                 "state_dir", "datasets_dir", "carts_dir", "projections_dir", "uploads_dir",
                 "exports_dir")},
         }
+        if state:
+            content["state"] = {"url": state}
         for job_type in JOB_TYPES:
             content[f"{job_type}_service"] = {"queue": f"{tag}.{job_type}_jobs",
                                               "retry_backoff": 0.2}
@@ -79,14 +86,30 @@ def settings(make_config: ConfigFactory) -> Settings:
     return load_settings(make_config())
 
 
-#: The job-state backends the state-store suite runs against.
-STATE_BACKENDS = ("sqlite",)
+@pytest.fixture
+def state_url() -> Iterator[str]:
+    """`[state] url` for this test by $GEAR_TEST_STATE_BACKEND: empty (SQLite), or a
+    PostgreSQL database of its own on the shared server, dropped after the test."""
+    if chosen_backend() == "sqlite":
+        yield ""
+        return
+    with scratch_database() as url:
+        yield url
 
 
 @pytest.fixture(params=STATE_BACKENDS)
-def state_config(request: pytest.FixtureRequest, make_config: ConfigFactory) -> Path:
+def state_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def state_config(state_backend: str, make_config: ConfigFactory) -> Iterator[Path]:
     """A gear.ini whose job-state store is of each backend in turn."""
-    return make_config()
+    if state_backend == "sqlite":
+        yield make_config()
+        return
+    with scratch_database() as url:
+        yield make_config(state={"url": url})
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from consumers import ConsumerProcess
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, open_store
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):

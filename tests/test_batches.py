@@ -16,6 +16,8 @@ from consumers import ConsumerProcess
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, open_store
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def prefetch_config(make_config) -> Path:

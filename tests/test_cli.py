@@ -8,8 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, open_store
+
+pytestmark = pytest.mark.slow
 
 
 def gearqueue(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

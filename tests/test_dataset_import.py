@@ -24,9 +24,9 @@ from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.errors import InvalidMessage, PermanentJobError, TransientJobError
 from gearqueue.jobs.dataset_import import DatasetImportJob
-from gearqueue.matrixio.convert import text_to_h5ad
-from gearqueue.matrixio.h5ad_writer import read_provenance
-from gearqueue.projectr.targets import open_target
+from gearqueue.matrices.convert import text_to_h5ad
+from gearqueue.matrices.h5ad_writer import read_provenance
+from gearqueue.matrices.targets import open_target
 from gearqueue.state import JobStatus, open_store
 
 # Ids that a data.frame round trip through R would have mangled, and a repeated gene.
@@ -428,6 +428,7 @@ def test_a_missing_data_folder_is_named_with_its_gear_ini_key(job, folder):
 # --- through the queue -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_imports_through_the_queue_with_a_real_consumer(make_config, start_consumer, values):
     config = make_config(dataset_import_service={"max_retries": 1})
     settings = make_folders(load_settings(config))

@@ -21,6 +21,8 @@ from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, open_store
 from gearqueue.topology import DEAD_LETTER_EXCHANGE
 
+pytestmark = pytest.mark.slow
+
 
 def gearqueue(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gearqueue.cli", "--config", str(config),

@@ -17,6 +17,8 @@ from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, open_store
 
+pytestmark = pytest.mark.slow
+
 
 def wait_until_running(config: Path, job_id: str, timeout: float = 20.0) -> None:
     store = open_store(load_settings(config), "echo")

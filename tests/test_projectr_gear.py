@@ -26,9 +26,9 @@ from scipy.optimize import nnls
 from gearqueue.config import load_settings
 from gearqueue.errors import ConfigError, InvalidMessage, PermanentJobError
 from gearqueue.jobs.projectr import ProjectRJob
-from gearqueue.outcome import Outcome
 from gearqueue.projectr.gear_contract import UNWEIGHTED_WITH_NMF, gear_projection_id
 from gearqueue.projectr.gear_files import gear_lock
+from gearqueue.worker.outcome import Outcome
 
 #: gEAR's gear.ini.template, section by section and key by key; values of our own.
 GEAR_INI = """\

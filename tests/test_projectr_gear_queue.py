@@ -31,8 +31,8 @@ from projectr_fixtures import (
 )
 from test_projectr_gear import GEAR_INI
 
+from gearqueue.cli.doctor_checks import diagnose
 from gearqueue.config import load_settings
-from gearqueue.doctor import diagnose
 
 GENES = [f"ENSG{i:011d}" for i in range(500)]
 SAMPLES = [f"cell-{j}" for j in range(80)]

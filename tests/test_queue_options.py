@@ -16,6 +16,8 @@ from gearqueue.config import load_settings
 from gearqueue.errors import QueueFull
 from gearqueue.state import JobStatus, open_store
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def channel():

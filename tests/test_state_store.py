@@ -262,3 +262,26 @@ def test_open_store_keeps_job_types_apart(state_config: Path) -> None:
     finally:
         echo.close()
         export.close()
+
+
+def test_a_batch_stores_each_result_before_the_next_job_runs(store, state_config) -> None:
+    """batch() may group writes (PostgreSQL: one commit a job), but a job's result is
+    visible to everyone once the next job has begun, and all of them at the batch's end."""
+    observer = open_store(load_settings(state_config), "echo")
+    seen: list[JobStatus | None] = []
+    try:
+        with store.batch(["job-a", "job-b", "job-c"]):
+            for job_id in ("job-a", "job-b", "job-c"):
+                with store.locked(job_id):
+                    record = store.get(job_id)
+                    store.begin_attempt(job_id, (record.attempts if record else 0) + 1, "w")
+                    if job_id != "job-a":
+                        previous = observer.get("job-a" if job_id == "job-b" else "job-b")
+                        seen.append(previous.status if previous else None)
+                    store.succeeded(job_id, {"success": 1, "job": job_id})
+        assert seen == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED]
+        assert [(observer.require(j).status, observer.require(j).result["job"],
+                 observer.require(j).attempts) for j in ("job-a", "job-b", "job-c")] == \
+            [(JobStatus.SUCCEEDED, j, 1) for j in ("job-a", "job-b", "job-c")]
+    finally:
+        observer.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,12 @@ class PathSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    #: Empty: SQLite under paths.state_dir; else a postgresql:// URL.
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     job_type: str
     contract: str
@@ -60,6 +67,7 @@ class ServiceSettings:
     queue_host: str
     queue: str
     prefetch: int
+    batch_size: int
     workers: int
     max_retries: int
     retry_backoff: float
@@ -76,6 +84,12 @@ class ServiceSettings:
     message_ttl: int
     reply_timeout: float
 
+    @property
+    def jobs_per_batch(self) -> int:
+        """How many deliveries at most go to the executor child at once: batch_size,
+        never more than the prefetch that holds them (0: prefetch)."""
+        return min(self.batch_size or self.prefetch, self.prefetch)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -83,6 +97,7 @@ class Settings:
     rabbitmq: RabbitSettings
     paths: PathSettings
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+    state: StateSettings = field(default_factory=StateSettings)
 
     def service(self, job_type: str) -> ServiceSettings:
         try:
@@ -183,6 +198,12 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
             raise ConfigError(f"not an amqp:// or amqps:// URL: {mask_url(url)!r}",
                               path=str(path), section="rabbitmq", key="url")
 
+    state = StateSettings(**values("state", defaults.STATE_KEYS))
+    if state.url and not state.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"not a postgresql:// URL: {mask_url(state.url)!r} (empty: "
+                          "SQLite under [paths] state_dir)", path=str(path), section="state",
+                          key="url")
+
     services = {}
     for name in JOB_TYPES:
         section = service_section(name)
@@ -204,7 +225,7 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
                             if name not in given_paths})
     paths = PathSettings(**{name: base / value for name, value in path_values.items()})
     return Settings(source=path, rabbitmq=RabbitSettings(urls=urls, **rabbit), paths=paths,
-                    services=services)
+                    services=services, state=state)
 
 
 def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
@@ -232,6 +253,7 @@ def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
 
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for logs and check-config."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:

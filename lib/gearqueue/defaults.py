@@ -81,7 +81,8 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
 
 PATH_KEYS: tuple[Key, ...] = (
     Key("state_dir", parse_str, "/var/lib/gear/state",
-        "Job-state records (queued/running/succeeded/failed, attempts, result): one "
+        "Job-state records (queued/running/succeeded/failed, attempts, result), unless "
+        "[state] url names a database: one "
         "SQLite database per job type, <job_type>/jobs.sqlite3, and its lock file. Must be "
         "on a local file system (SQLite's WAL shares memory between processes). Relative "
         "paths are taken from the folder of gear.ini."),
@@ -100,6 +101,14 @@ def parse_optional_bool(text: str) -> bool | None:
     """A boolean, or None (empty: follow another key, e.g. `contract`)."""
     return None if not text.strip() else parse_bool(text)
 
+
+STATE_KEYS: tuple[Key, ...] = (
+    Key("url", parse_str, "",
+        "Where job-state records live. Empty: embedded SQLite under [paths] state_dir, for "
+        "one machine. A postgresql:// URL (libpq), e.g. postgresql://gear@db-host/gear: one "
+        "PostgreSQL database shared by the web API and the consumers of every host "
+        "(docs/scaling.md). A password may come from $GEAR_STATE_PASSWORD or ~/.pgpass."),
+)
 
 SERVICE_KEYS: tuple[Key, ...] = (
     Key("contract", parse_choice("gearqueue", "gear"), "gearqueue",
@@ -122,7 +131,14 @@ SERVICE_KEYS: tuple[Key, ...] = (
     Key("queue", parse_str, "{job_type}_jobs", "Queue name (with the gear contract the "
         "default is <job_type>, gEAR's name). Retry queues are <queue>.retry.N, "
         "dead letters go to <queue>.dead."),
-    Key("prefetch", parse_int, 1, "Unacked messages a consumer holds (basic.qos).", minimum=1),
+    Key("prefetch", parse_int, 1,
+        "Unacked messages a consumer holds (basic.qos). The deliveries it holds go to the "
+        "executor child together, as one batch of up to batch_size.", minimum=1),
+    Key("batch_size", parse_int, 0,
+        "Most jobs handed to the executor child in one batch (one pipe message each way, "
+        "one ack for all). At most prefetch; 0: the same as prefetch. The child's "
+        "successor is started 2 batches (or 10% of max_jobs_per_child, if more) before "
+        "it is recycled.", minimum=0),
     Key("workers", parse_int, 2,
         "Consumer instances install.sh and `gearqueue scale` enable for this type.", minimum=0),
     Key("max_retries", parse_int, 3,
@@ -165,6 +181,7 @@ SERVICE_KEYS: tuple[Key, ...] = (
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
     "rabbitmq": RABBITMQ_KEYS,
     "paths": PATH_KEYS,
+    "state": STATE_KEYS,
 }
 
 #: Where gear.ini is looked for when no --config is given (after $GEAR_INI).

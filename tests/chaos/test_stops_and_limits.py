@@ -9,11 +9,15 @@ import random
 import re
 import time
 
+import pytest
+
 from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus
 
 from .harness import CHILD_READY, Feeder, Fleet, Ledger, wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigterm_mid_job_loses_nothing_and_runs_nothing_twice(

@@ -5,22 +5,22 @@ type can load expensive things (R, limma) once in `warm_up`. The runtime calls
 `validate` before any work starts and `run` with the validated request; `run` returns
 the success reply (a JSON object). Failures are raised as `PermanentJobError` or
 `TransientJobError` (gearqueue.errors); the runtime turns them into the failure reply
-with `failure_reply`, so a job never formats its own error replies.
+(`gearqueue.worker.outcome.failure_reply`, with the error's `reply_fields`), so a job
+never formats its own error replies.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..config import Settings
-from ..errors import JobError
 
 if TYPE_CHECKING:
-    from ..outcome import Outcome
+    from ..worker.outcome import Outcome
 
 Request = TypeVar("Request")
 
@@ -36,6 +36,9 @@ class JobContext:
     #: in-process in the caller (queue_enabled = 0).
     isolated: bool
     log: logging.LoggerAdapter[logging.Logger]
+    #: Raises StateStoreUnavailable if the job's lock was lost (its PostgreSQL
+    #: connection died): a job calls it just before it makes its effect.
+    confirm_lock: Callable[[], None] = lambda: None
 
 
 class Job(ABC, Generic[Request]):
@@ -55,8 +58,6 @@ class Job(ABC, Generic[Request]):
     def run(self, request: Request, context: JobContext) -> dict[str, Any]:
         """Do the work; return the success reply."""
 
-    def failure_reply(self, error: JobError) -> dict[str, Any]:
-        return {"success": -1, "message": error.message, **error.reply_fields}
 
     def on_final_failure(self, job_id: str, payload: Mapping[str, Any] | None,
                          outcome: Outcome) -> None:

@@ -27,9 +27,9 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
+from ..fields import get_choice, get_field, reject_unknown
 from ..files import write_atomically
 from .base import Job, JobContext
-from .fields import get_choice, get_field, reject_unknown
 
 FAIL_MODES = ("permanent", "transient", "crash")
 #: A longer sleep is almost certainly a mistake in a diagnostic message.
@@ -94,6 +94,7 @@ class EchoJob(Job[EchoRequest]):
         return {"success": 1, "echo": request.data, "attempt": context.attempt}
 
     def _mark(self, context: JobContext) -> None:
+        context.confirm_lock()  # a job whose lock is gone makes no effect
         folder = self.settings.paths.exports_dir / MARKS_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         mark = folder / context.job_id

@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import GEAR, Settings
 from ..errors import JobError, PermanentJobError
-from ..outcome import Outcome
-from ..projectr import gear_contract, gear_status, locks
+from ..fields import get_safe_id
+from ..files import exclusive
+from ..matrices.targets import open_target
+from ..projectr import gear_contract, gear_status
 from ..projectr.carts import Loadings, read_cart
 from ..projectr.engine import DEFAULT_ENGINE, Engine, make_engine
 from ..projectr.gear_files import GearProjectionFiles, gear_lock
@@ -27,9 +29,10 @@ from ..projectr.matching import check_matched_loadings, match_genes
 from ..projectr.outputs import ProjectionFiles, find_complete, publish, require_root
 from ..projectr.projection import CHUNK_BYTES, ProjectionResult, project
 from ..projectr.request import LEAST_SQUARES, ProjectRRequest, parse_request
-from ..projectr.targets import open_target
 from .base import Job, JobContext
-from .fields import get_safe_id
+
+if TYPE_CHECKING:
+    from ..worker.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +45,8 @@ class ProjectRJob(Job[ProjectRRequest]):
     def __init__(self, settings: Settings, *, engine: str | None = None,
                  chunk_bytes: int = CHUNK_BYTES) -> None:
         super().__init__(settings)
-        # Explicit choice: the argument, else a [projectr_service] engine key if the
-        # settings have one, else R (the reference implementation).
-        configured = getattr(settings.services.get(self.name), "engine", None)
-        self.engine_name: str = engine or configured or DEFAULT_ENGINE
+        # The argument (tests, benchmarks), else R, the reference implementation.
+        self.engine_name: str = engine or DEFAULT_ENGINE
         self.chunk_bytes = chunk_bytes
         self._engine: Engine | None = None
         service = settings.services.get(self.name)
@@ -109,7 +110,7 @@ class ProjectRJob(Job[ProjectRRequest]):
         require_root(files)  # before the lock file's folder is created under it
         done = find_complete(files, request.algorithm, request.zscore, needs_pval)
         if done is None:
-            hold = gear_lock if self.gear else locks.exclusive
+            hold = gear_lock if self.gear else exclusive
             with hold(files.lock, purpose=f"projection {request.projection_id}"):
                 # Another worker may have finished it while we waited for the lock.
                 done = find_complete(files, request.algorithm, request.zscore, needs_pval)

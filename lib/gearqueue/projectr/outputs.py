@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..errors import PermanentJobError, TransientJobError
-from . import locks
+from ..files import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def read_index(path: Path) -> dict[str, Any]:
 
 def update_index(path: Path, key: str, entry: dict[str, Any]) -> None:
     """Add `entry` under `key`, replacing an entry with the same uuid; atomic and locked."""
-    with locks.exclusive(path.with_name(f".{path.name}.lock"), purpose=f"updating {path}"):
+    with exclusive(path.with_name(f".{path.name}.lock"), purpose=f"updating {path}"):
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
             stale.unlink(missing_ok=True)
         index = read_index(path)

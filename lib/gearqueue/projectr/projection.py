@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..matrices.targets import Target
 from .engine import Engine
-from .targets import Target
 
 log = logging.getLogger(__name__)
 

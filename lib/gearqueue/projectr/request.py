@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..errors import InvalidMessage
-from ..jobs.fields import get_choice, get_field, get_safe_id
+from ..fields import get_choice, get_field, get_safe_id
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .records import JobRecord, JobStatus
 from .sqlitedb import Database, immediate
-from .store import Change, RecordStore, refuse_existing
+from .store import UNREAD, Change, RecordStore, refuse_existing
 
 #: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
 _FLOCK = struct.Struct("hh4xqqi4x")
@@ -106,7 +106,7 @@ class SqliteStore(RecordStore):
     def _row(self, record: JobRecord) -> tuple[str, str]:
         return record.job_id, self._encode(record.to_json())
 
-    def _write(self, record: JobRecord) -> None:
+    def _write(self, record: JobRecord, *, final: bool = False) -> None:
         row = self._row(record)
         self._db.use(lambda connection: connection.execute(_REPLACE, row))
 
@@ -153,7 +153,7 @@ class SqliteStore(RecordStore):
     # --- locks -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _lock(self, job_id: str) -> Iterator[None]:
+    def _lock(self, job_id: str) -> Iterator[object]:
         """Hold the job's lock; released by the kernel if the holder dies.
 
         The lock is one byte of `<root>/.locks`, at an offset hashed from the job id,
@@ -166,6 +166,6 @@ class SqliteStore(RecordStore):
         try:
             fcntl.fcntl(lock, fcntl.F_OFD_SETLKW,
                         _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, lock_offset(job_id), 1, 0))
-            yield
+            yield UNREAD
         finally:
             os.close(lock)  # closing the only descriptor releases the lock

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from ..errors import JobExists, UnknownJob
+from ..errors import JobExists, StateStoreUnavailable, UnknownJob
 from .records import JobRecord, JobStatus
 
 #: A change of one record: the stored record (a new queued one if none) -> the new one.
@@ -47,8 +47,21 @@ class StateStore(Protocol):
         """Hold the job's lock (released by the system if the holder dies)."""
         ...
 
+    def confirm_locked(self, job_id: str) -> None:
+        """StateStoreUnavailable unless this thread still holds the job's lock: a job
+        calls it (JobContext.confirm_lock) just before it makes its effect, since a
+        lock on a database connection can be lost while the job runs."""
+        ...
+
     def check_writable(self) -> None:
         """ConfigError now, at start-up, if the store cannot be used."""
+        ...
+
+    def batch(self, job_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """Optional grouping of a batch's jobs (run one by one, each under `locked`):
+        a backend may take all their locks at once and group their state writes, with
+        the same guarantees per job (an attempt is stored before it runs, a result
+        before the next job starts and before the batch ends)."""
         ...
 
     def close(self) -> None: ...
@@ -99,12 +112,12 @@ class StateStore(Protocol):
 
 
 #: In `_HeldRecords`: the job is locked by this thread, its record not read yet.
-_UNREAD = object()
+UNREAD = object()
 
 
 class _HeldRecords(threading.local):
     """The records of the jobs this thread holds the lock of (job id -> record, None
-    if it has none, or _UNREAD)."""
+    if it has none, or UNREAD)."""
 
     def __init__(self) -> None:
         self.records: dict[str, object] = {}
@@ -125,8 +138,9 @@ class RecordStore(ABC):
     def _read(self, job_id: str) -> JobRecord | None: ...
 
     @abstractmethod
-    def _lock(self, job_id: str) -> contextlib.AbstractContextManager[None]:
-        """Hold the job's lock (see StateStore.locked)."""
+    def _lock(self, job_id: str) -> contextlib.AbstractContextManager[object]:
+        """Hold the job's lock (see StateStore.locked); gives the record if the backend
+        read it on the way (None: it has none), else UNREAD."""
 
     @abstractmethod
     def check_writable(self) -> None: ...
@@ -149,12 +163,18 @@ class RecordStore(ABC):
         """Store new records, all or none; JobExists if an id has a record."""
 
     @abstractmethod
-    def _write(self, record: JobRecord) -> None:
-        """Store `record` as it is, over whatever is stored."""
+    def _write(self, record: JobRecord, *, final: bool = False) -> None:
+        """Store `record` as it is, over whatever is stored. `final`: the last write of
+        an attempt under its lock, which a backend may send with the unlock, as long as
+        it is committed before the lock is released."""
 
     # --- reading and locking -------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
+        held = self._held.records.get(job_id, UNREAD)
+        if held is not UNREAD:  # locked here, and the record known
+            assert held is None or isinstance(held, JobRecord)
+            return held
         record = self._read(job_id)
         if job_id in self._held.records:
             self._held.records[job_id] = record
@@ -162,22 +182,31 @@ class RecordStore(ABC):
 
     @contextlib.contextmanager
     def locked(self, job_id: str) -> Iterator[None]:
-        with self._lock(job_id):
-            self._held.records[job_id] = _UNREAD
+        if job_id in self._held.records:  # held already by this thread's batch()
+            yield
+            return
+        with self._lock(job_id) as known:
+            self._held.records[job_id] = known
             try:
                 yield
             finally:
                 del self._held.records[job_id]
 
-    def _transition(self, job_id: str, change: Change) -> JobRecord:
+    def batch(self, job_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """A backend may hold the jobs' locks for the whole batch to group its writes;
+        the default takes each job's lock in its turn, as `locked` does."""
+        return contextlib.nullcontext()
+
+    def confirm_locked(self, job_id: str) -> None:
+        if job_id not in self._held.records:
+            raise StateStoreUnavailable(f"{self.job_type} job {job_id} is not locked here")
+
+    def _transition(self, job_id: str, change: Change, *, final: bool = False) -> JobRecord:
         """`change` the record: one write under the job's lock, else a read-modify-write."""
         if job_id not in self._held.records:
             return self._change(job_id, change)
-        held = self._held.records[job_id]
-        current = self._read(job_id) if held is _UNREAD else held
-        assert current is None or isinstance(current, JobRecord)
-        record = change(current or self._new(job_id))
-        self._write(record)
+        record = change(self.get(job_id) or self._new(job_id))
+        self._write(record, final=final)
         self._held.records[job_id] = record
         return record
 
@@ -209,13 +238,13 @@ class RecordStore(ABC):
 
     def succeeded(self, job_id: str, result: dict[str, Any]) -> JobRecord:
         return self._transition(job_id, lambda record: record.evolve(
-            status=JobStatus.SUCCEEDED, result=result, error=None))
+            status=JobStatus.SUCCEEDED, result=result, error=None), final=True)
 
     def failed(self, job_id: str, attempt: int, error: dict[str, Any],
                reply: dict[str, Any], *, retrying: bool) -> JobRecord:
         return self._transition(job_id, lambda record: record.evolve(
             status=JobStatus.RETRYING if retrying else JobStatus.FAILED, attempts=attempt,
-            error=error, result=None if retrying else reply))
+            error=error, result=None if retrying else reply), final=True)
 
     def refused(self, job_id: str, error: BaseException) -> JobRecord:
         described = {"class": type(error).__name__, "message": str(error),
