@@ -30,6 +30,9 @@ from gearqueue.projectr.gear_contract import UNWEIGHTED_WITH_NMF, gear_projectio
 from gearqueue.projectr.gear_files import gear_lock
 from gearqueue.worker.outcome import Outcome
 
+#: Real R and a real broker: the slow tier.
+pytestmark = pytest.mark.slow
+
 #: gEAR's gear.ini.template, section by section and key by key; values of our own.
 GEAR_INI = """\
 [database]

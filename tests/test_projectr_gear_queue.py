@@ -34,6 +34,9 @@ from test_projectr_gear import GEAR_INI
 from gearqueue.cli.doctor_checks import diagnose
 from gearqueue.config import load_settings
 
+#: Real R and a real broker: the slow tier.
+pytestmark = pytest.mark.slow
+
 GENES = [f"ENSG{i:011d}" for i in range(500)]
 SAMPLES = [f"cell-{j}" for j in range(80)]
 
