@@ -38,6 +38,7 @@ from ..errors import (
     StateStoreUnavailable,
     TopologyMismatch,
 )
+from ..jobs import load_job
 from ..log import fields
 from ..message import Envelope, decode_payload, envelope_of
 from ..state import open_store
@@ -414,7 +415,8 @@ class Consumer:
             outcome = Outcome.from_record(self.store.get(job_id), reused=False,
                                           since=batch.handed_at)
             settled.append(Settled(job.delivery, job.envelope,
-                                   outcome or self._failed_outside(job_id, error), seconds))
+                                   outcome or self._failed_outside(job_id, job.payload, error),
+                                   seconds))
         return BatchResult(settled, [job.delivery for job in batch.jobs[index + 1:]])
 
     def _reject(self, delivery: Delivery, error: InvalidMessage) -> None:
@@ -424,7 +426,7 @@ class Consumer:
         try:
             attempt = self._attempts_so_far(envelope.job_id) + 1
             outcome = record_failure(self.store, envelope.job_id, Outcome.failure(
-                error, attempt, max_retries=self.service.max_retries))
+                error, attempt, max_retries=self.service.max_retries), job=self._job_hooks())
         except StateStoreUnavailable as fault:
             self._settle(BatchResult.given_back([delivery], fault))
             return
@@ -455,13 +457,20 @@ class Consumer:
             raise BrokerUnavailable("the session that received this job is gone")
         return delivery.channel
 
-    def _failed_outside(self, job_id: str, error: ExecutorCrashed | HardTimeLimitExceeded
-                        | MemoryLimitExceeded) -> Outcome:
+    def _failed_outside(self, job_id: str, payload: dict[str, Any],
+                        error: ExecutorCrashed | HardTimeLimitExceeded | MemoryLimitExceeded
+                        ) -> Outcome:
         """Record a failure the child could not record itself (it is dead)."""
         log.warning("job %s: %s", job_id, error.message, extra=fields(job_id=job_id))
         attempt = max(self._attempts_so_far(job_id), 1)
         return record_failure(self.store, job_id, Outcome.failure(
-            error, attempt, max_retries=self.service.max_retries))
+            error, attempt, max_retries=self.service.max_retries), job=self._job_hooks(),
+            payload=payload)
+
+    def _job_hooks(self) -> Any:
+        """The job type's object here in the consumer, for its final-failure hook only
+        (the child has its own); built on demand, as failures are rare."""
+        return load_job(self.service.job_type)(self.settings)
 
     # --- between batches -------------------------------------------------------------
 

@@ -31,14 +31,23 @@ log = logging.getLogger(__name__)
 Guard = Callable[[], contextlib.AbstractContextManager[None]]
 
 
-def record_failure(store: StateStore, job_id: str, outcome: Outcome) -> Outcome:
+def record_failure(store: StateStore, job_id: str, outcome: Outcome, *,
+                   job: Job[Any] | None = None,
+                   payload: Mapping[str, Any] | None = None) -> Outcome:
     """Store a failed attempt: retrying if another attempt is due, else failed for good.
 
     Also used by the consumer for what happens outside the child: crashes, time limits
-    and messages rejected before a job could start.
+    and messages rejected before a job could start. A final failure is then told to
+    `job` (Job.on_final_failure), the one place every dead-lettered job passes.
     """
     store.failed(job_id, outcome.attempt, outcome.error_record(), outcome.reply,
                  retrying=outcome.retrying)
+    if job is not None and not outcome.retrying:
+        try:
+            job.on_final_failure(job_id, payload, outcome)
+        except Exception:  # a hook must not change the job's outcome
+            log.exception("on_final_failure of job %s failed", job_id,
+                          extra=fields(job_id=job_id))
     return outcome
 
 
@@ -68,9 +77,11 @@ class JobRunner:
         """
         with self.store.locked(job_id):
             record = self.store.get(job_id)
-            if record is not None and record.status is JobStatus.SUCCEEDED:
+            rerun = fresh and self.job.reruns_fresh_duplicates
+            if record is not None and record.status is JobStatus.SUCCEEDED and not rerun:
                 return self._replay(record)
-            restart = record is not None and record.status is JobStatus.FAILED
+            restart = record is not None and record.status in (
+                (JobStatus.FAILED, JobStatus.SUCCEEDED) if rerun else (JobStatus.FAILED,))
             if record is not None and restart and not fresh:
                 return self._replay(record)
             attempt = 1 if restart or record is None else record.attempts + 1
@@ -79,7 +90,8 @@ class JobRunner:
                 error = AttemptsExhausted(f"gave up after {attempt - 1} attempts"
                                           + (f"; last error: {last}" if last else ""))
                 return record_failure(self.store, job_id, Outcome.failure(
-                    error, attempt - 1, max_retries=self.max_retries))
+                    error, attempt - 1, max_retries=self.max_retries), job=self.job,
+                    payload=payload)
             running = self.store.begin_attempt(job_id, attempt, self.worker, restart=restart)
             return self._run(running, payload)
 
@@ -104,7 +116,8 @@ class JobRunner:
         except BaseException as error:  # noqa: BLE001 - every failure has an outcome
             job_error, text = as_job_error(error)
             return record_failure(self.store, job_id, Outcome.failure(
-                job_error, attempt, max_retries=self.max_retries, traceback=text))
+                job_error, attempt, max_retries=self.max_retries, traceback=text),
+                job=self.job, payload=payload)
         self.store.succeeded(job_id, reply)
         return Outcome.success(reply, attempt)
 
