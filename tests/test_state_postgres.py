@@ -24,13 +24,6 @@ def database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres().start()
-    yield server
-    server.destroy()
-
-
 def test_open_store_with_a_state_url_is_postgresql(make_config, database: str) -> None:
     store = open_store(load_settings(make_config(state={"url": database})), "echo")
     assert isinstance(store, PostgresStore)

@@ -4,7 +4,9 @@ Used in the executor child (queue_enabled = 1) and in the caller's process
 (queue_enabled = 0), so both paths validate, count attempts and store results the
 same way. Order matters: the attempt is counted and stored *before* the job runs, so
 a job that kills its process is still counted; the result is stored *before* the
-reply and the ack, so a redelivery finds it.
+reply and the ack, so a redelivery finds it. `StateStoreUnavailable` is never an
+outcome: nothing can be recorded for a job whose store failed, so it leaves `execute`
+as the error it is (the consumer gives the job back and waits for the store).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import ServiceSettings, Settings
-from ..errors import AttemptsExhausted
+from ..errors import AttemptsExhausted, StateStoreUnavailable
 from ..jobs import load_job
 from ..jobs.base import Job, JobContext
 from ..log import fields
@@ -105,6 +107,11 @@ class JobRunner:
             with self.guard():
                 reply = self.job.run(self.job.validate(payload), context)
         except (KeyboardInterrupt, SystemExit):
+            raise
+        except StateStoreUnavailable:
+            # The store failed (the job's lock went with its connection): nothing can
+            # be recorded, so the attempt is not settled as a failure; the consumer
+            # gives the job back and waits for the store (worker/loop.py).
             raise
         except BaseException as error:  # noqa: BLE001 - every failure has an outcome
             job_error, text = as_job_error(error)
