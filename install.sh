@@ -127,7 +127,7 @@ install_dev() {
     # start private clusters of their own with initdb + pg_ctl.
     apt_install postgresql-15
     ensure_broker
-    ensure_venv "$HERE/.venv" "r,h5ad,systemd,postgresql,test"
+    ensure_venv "$HERE/.venv" "r,h5ad,figures,systemd,postgresql,test"
     write_dev_config
     mkdir -p "$HERE"/var/{state,datasets,carts,projections,uploads,exports}
     log "done: .venv ready, gear.ini in $HERE"
@@ -274,7 +274,7 @@ install_production() {
     ensure_user
     install -d -m 0755 "$PREFIX" "$PREFIX/listeners" "$PREFIX/share/doc"
     touch "$PREFIX/.gearqueue-install"
-    PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,systemd,postgresql" copy
+    PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,figures,systemd,postgresql" copy
     install -m 0755 "$HERE"/listeners/*_consumer.py "$PREFIX/listeners/"
     ln -sfn "$PREFIX/venv/bin/gearqueue" "$BIN_LINK"
     install -m 0644 "$HERE/gear.ini.example" "$HERE"/docs/*.md "$PREFIX/share/doc/"

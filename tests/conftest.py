@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from private_postgres import PrivatePostgres
 from state_backends import STATE_BACKENDS, chosen_backend, scratch_database
 
 from gearqueue.config import Settings, load_settings
@@ -130,6 +131,14 @@ def store(state_config: Path) -> Iterator[StateStore]:
     opened = open_store(load_settings(state_config), "echo")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this test's own, which it may stop and start."""
+    server = PrivatePostgres().start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture

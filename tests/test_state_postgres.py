@@ -24,13 +24,6 @@ def database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres().start()
-    yield server
-    server.destroy()
-
-
 def test_open_store_with_a_state_url_is_postgresql(make_config, database: str) -> None:
     store = open_store(load_settings(make_config(state={"url": database})), "echo")
     assert isinstance(store, PostgresStore)
@@ -125,6 +118,7 @@ def test_a_lost_lock_connection_makes_the_late_result_change_nothing(database) -
     host_b.close()
 
 
+@pytest.mark.slow
 def test_the_store_works_again_after_the_database_restarts(private_postgres) -> None:
     store = PostgresStore(private_postgres.url, "echo")
     store.queued("before")
@@ -147,6 +141,7 @@ def test_the_store_works_again_after_the_database_restarts(private_postgres) -> 
     store.close()
 
 
+@pytest.mark.slow
 def test_a_consumers_jobs_survive_a_restart_of_the_database(
         make_config, start_consumer, private_postgres: PrivatePostgres) -> None:
     """The database restarts while a job runs: the job's lock and its connection are

@@ -9,6 +9,7 @@ because AMQP URLs carry percent-encoded vhosts and passwords.
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -16,10 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import defaults
+from . import defaults, gear_ini
 from .defaults import Key
 from .errors import ConfigError
 from .jobtypes import JOB_TYPES
+
+log = logging.getLogger(__name__)
+
+#: contract values: this project's own topology, or gEAR's (see gear_ini, docs/projectr.md).
+GEARQUEUE, GEAR = "gearqueue", "gear"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class StateSettings:
 @dataclass(frozen=True)
 class ServiceSettings:
     job_type: str
+    contract: str
+    #: Resolved: an empty queue_durable follows the contract.
+    queue_durable: bool
     queue_enabled: bool
     queue_host: str
     queue: str
@@ -154,13 +163,17 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
                     environ: Mapping[str, str]) -> Settings:
     known = dict(defaults.SECTION_KEYS)
     known.update({service_section(name): defaults.SERVICE_KEYS for name in JOB_TYPES})
-    for section in parser.sections():
+    sections, ignored = gear_ini.fold_sections(
+        ((name, dict(parser.items(name))) for name in parser.sections()), path=str(path))
+    for section in sections:
         if section not in known:
             raise ConfigError(f"unknown section (known: {', '.join(known)})",
                               path=str(path), section=section)
+    if ignored:
+        log.info("%s: ignoring gEAR's own settings %s", path, "; ".join(ignored))
 
     def values(section: str, keys: tuple[Key, ...], **context: str) -> dict[str, Any]:
-        given = dict(parser.items(section)) if parser.has_section(section) else {}
+        given = sections.get(section, {})
         names = {key.name for key in keys}
         for name in given:
             if name not in names:
@@ -189,10 +202,6 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
             raise ConfigError(f"not an amqp:// or amqps:// URL: {mask_url(url)!r}",
                               path=str(path), section="rabbitmq", key="url")
 
-    base = path.resolve().parent
-    path_values = values("paths", defaults.PATH_KEYS)
-    paths = PathSettings(**{name: base / value for name, value in path_values.items()})
-
     state = StateSettings(**values("state", defaults.STATE_KEYS))
     if state.url and not state.url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"not a postgresql:// URL: {mask_url(state.url)!r} (empty: "
@@ -202,17 +211,40 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
     services = {}
     for name in JOB_TYPES:
         section = service_section(name)
-        service = ServiceSettings(job_type=name, **values(section, defaults.SERVICE_KEYS,
-                                                          job_type=name))
+        service_values = values(section, defaults.SERVICE_KEYS, job_type=name)
+        gear = service_values["contract"] == GEAR
+        if gear and "queue" not in sections.get(section, {}):
+            service_values["queue"] = name  # gEAR's queue is named after the job type
+        if service_values["queue_durable"] is None:
+            service_values["queue_durable"] = not gear
+        service = ServiceSettings(job_type=name, **service_values)
         _check_service(service, path, section)
         if service.isolation:  # a job type's own default is checked by its consumer
             check_isolation(service, service.isolation, rabbit["heartbeat"], path)
         services[name] = service
+
+    base = path.resolve().parent
+    path_values = values("paths", defaults.PATH_KEYS)
+    if any(service.contract == GEAR for service in services.values()):
+        given_paths = sections.get("paths", {})
+        path_values.update({name: value for name, value in gear_ini.GEAR_PATHS.items()
+                            if name not in given_paths})
+    paths = PathSettings(**{name: base / value for name, value in path_values.items()})
     return Settings(source=path, rabbitmq=RabbitSettings(urls=urls, **rabbit), paths=paths,
                     services=services, state=state)
 
 
 def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
+    if service.contract == GEAR:
+        options = [key for key, value in (
+            ("queue_type", service.queue_type == "quorum"), ("max_length", service.max_length),
+            ("max_priority", service.max_priority), ("message_ttl", service.message_ttl))
+            if value]
+        if options:
+            raise ConfigError(f"contract = gear cannot have {', '.join(options)}: gEAR's "
+                              f"publisher declares the queue with no arguments, and the "
+                              f"broker would refuse one of the two declares",
+                              path=str(path), section=section, key=options[0])
     if not service.queue or len(service.queue.encode()) > 200:
         raise ConfigError("queue name must be 1 to 200 bytes", path=str(path),
                           section=section, key="queue")

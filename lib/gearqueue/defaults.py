@@ -98,6 +98,11 @@ PATH_KEYS: tuple[Key, ...] = (
     Key("exports_dir", parse_str, "/var/lib/gear/exports", "export writes its files here."),
 )
 
+def parse_optional_bool(text: str) -> bool | None:
+    """A boolean, or None (empty: follow another key, e.g. `contract`)."""
+    return None if not text.strip() else parse_bool(text)
+
+
 STATE_KEYS: tuple[Key, ...] = (
     Key("url", parse_str, "",
         "Where job-state records live. Empty: embedded SQLite under [paths] state_dir, for "
@@ -107,12 +112,25 @@ STATE_KEYS: tuple[Key, ...] = (
 )
 
 SERVICE_KEYS: tuple[Key, ...] = (
+    Key("contract", parse_choice("gearqueue", "gear"), "gearqueue",
+        "Who is on the other side of the queue. gearqueue: this project's own topology "
+        "(durable queue <job_type>_jobs, default exchange). gear: gEAR's web API, "
+        "unchanged: queue <job_type> (e.g. projectr) bound to gEAR's topic exchange "
+        "'message' and declared non-durable as gEAR's publisher declares it, [paths] "
+        "defaults under gEAR's www/ next to gear.ini, and for projectr gEAR's status "
+        "file, file names, lock files and preprocessing (docs/projectr.md, Running "
+        "under gEAR)."),
+    Key("queue_durable", parse_optional_bool, None,
+        "Declare the main queue durable (waiting jobs survive a broker restart). Empty: "
+        "1 with the gearqueue contract, 0 with the gear contract (gEAR's publisher "
+        "declares it non-durable; set 1 only after making gEAR's publisher durable too)."),
     Key("queue_enabled", parse_bool, True,
         "1: submit() publishes to RabbitMQ and a consumer runs the job. 0: the job runs "
         "in-process in the caller, and no broker is contacted."),
     Key("queue_host", parse_str, "localhost",
         "Broker host used when [rabbitmq] url is empty (gEAR's original key)."),
-    Key("queue", parse_str, "{job_type}_jobs", "Queue name. Retry queues are <queue>.retry.N, "
+    Key("queue", parse_str, "{job_type}_jobs", "Queue name (with the gear contract the "
+        "default is <job_type>, gEAR's name). Retry queues are <queue>.retry.N, "
         "dead letters go to <queue>.dead."),
     Key("prefetch", parse_int, 1,
         "Unacked messages a consumer holds (basic.qos). The deliveries it holds go to the "

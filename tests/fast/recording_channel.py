@@ -23,7 +23,7 @@ from gearqueue.worker.stop import StopRequest
 
 @dataclass(frozen=True)
 class Event:
-    """One call the loop made: kind is publish, reply, ack, requeue or cancel."""
+    """One call the loop made: kind is publish, reply, ack, requeue, cancel or consume."""
 
     kind: str
     job_id: str | None = None
@@ -98,6 +98,9 @@ class RecordingChannel:
     def stop_consuming(self) -> None:
         self.events.append(Event("cancel"))
         self.give_back_unstarted()
+
+    def resume(self) -> None:
+        self.events.append(Event("consume"))
 
     def give_back_unstarted(self) -> None:
         while self._pending:

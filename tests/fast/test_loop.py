@@ -7,13 +7,16 @@ and a batch ends in one ack of its last job (multiple).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 import threading
 
-from gearqueue.config import Settings
+from gearqueue.config import Settings, StateSettings
 from gearqueue.state import JobStatus, StateStore, open_store
+from gearqueue.worker.executor import Executor
+from gearqueue.worker.loop import Consumer
 from gearqueue.worker.stop import StopRequest
 
 from .recording_channel import Event, RecordingChannel
@@ -210,3 +213,27 @@ def test_events_are_what_the_loop_called() -> None:
     channel = RecordingChannel(StopRequest())
     channel.events += [Event("ack", "a", multiple=True, tag=3), Event("ack", "b", tag=5)]
     assert channel.acked_tags() == {1, 2, 3, 5}
+
+
+def test_a_store_that_cannot_be_reached_gives_the_batch_back_and_pauses(
+        fast_settings: Settings, tag: str) -> None:
+    """Nothing can be recorded, so nothing is settled: no ack, no retry, no reply; the
+    consumer stops consuming before it gives the batch back, then waits for the store."""
+    unreachable = dataclasses.replace(
+        fast_settings, state=StateSettings(url="postgresql://gear@127.0.0.1:1/gear"))
+    executor = Executor(unreachable, unreachable.service("echo"), "fast-unreachable")
+    stop = StopRequest()
+    channel = RecordingChannel(stop)  # its idle pump (the wait) asks for the stop
+    loop = Consumer(unreachable, "echo", identifier="fast-unreachable", stop=stop,
+                    executor=executor, open_channel=lambda: channel)  # type: ignore[arg-type,return-value]
+    ids = [f"{tag}-{n}" for n in range(3)]
+    for n, job_id in enumerate(ids):
+        channel.deliver(body(data=n), job_id)
+    try:
+        loop.serve(channel)  # type: ignore[arg-type]
+    finally:
+        executor.shutdown()
+    assert order(channel) == [("cancel", None), *[("requeue", job_id) for job_id in ids],
+                              ("cancel", None)]
+    assert loop.notifier._last_status == (
+        "waiting for the state database (attempt 1): postgresql://gear@127.0.0.1:1/gear")

@@ -21,6 +21,8 @@ HEADER = """\
 
 def _value(key: Key, job_type: str | None) -> str:
     default = key.default
+    if default is None:  # follows another key (its doc says which)
+        return ""
     if isinstance(default, bool):
         return "1" if default else "0"
     if isinstance(default, str) and job_type:

@@ -128,7 +128,8 @@ def check_time_limit(service: ServiceSettings, version: tuple[int, ...],
 
 
 def _check_queue(connection: pika.BlockingConnection, name: str,
-                 arguments: dict[str, Any] | None) -> tuple[Finding, Any]:
+                 arguments: dict[str, Any] | None, durable: bool = True
+                 ) -> tuple[Finding, Any]:
     """(finding, declare-ok frame or None) for one queue, changing nothing."""
     channel = connection.channel()
     try:
@@ -139,7 +140,7 @@ def _check_queue(connection: pika.BlockingConnection, name: str,
                 return Finding(Level.WARN, name, "missing"), None
             raise
         try:
-            channel.queue_declare(name, durable=True, arguments=arguments or None)
+            channel.queue_declare(name, durable=durable, arguments=arguments or None)
         except pe.ChannelClosedByBroker as error:
             if error.reply_code == 406:
                 return Finding(Level.FAIL, name, f"declared with other arguments than "
@@ -151,6 +152,23 @@ def _check_queue(connection: pika.BlockingConnection, name: str,
             channel.close()
 
 
+def _check_gear_exchange(connection: pika.BlockingConnection) -> Finding:
+    """gEAR's publisher needs the exchange; it never declares it (contract = gear)."""
+    name = topology.GEAR_EXCHANGE
+    channel = connection.channel()
+    try:
+        channel.exchange_declare(name, passive=True)
+    except pe.ChannelClosedByBroker as error:
+        if error.reply_code == 404:
+            return Finding(Level.WARN, name, "gEAR's exchange is missing: gEAR's web API "
+                           "fails with 404 NOT_FOUND until a consumer declares it")
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()
+    return Finding(Level.OK, name, "gEAR's exchange exists")
+
+
 def check_service(connection: pika.BlockingConnection, service: ServiceSettings
                   ) -> Iterator[Finding]:
     """Topology, consumers and dead letters of one job type."""
@@ -158,17 +176,20 @@ def check_service(connection: pika.BlockingConnection, service: ServiceSettings
     missing = []
     findings = []
     frames = {}
-    queues: list[tuple[str, dict[str, Any] | None]] = [
-        (service.queue, topology.main_queue_arguments(service))]
-    queues += [(topology.retry_queue(service, attempt), retry_arguments)
+    yield Finding(Level.INFO, service.job_type, topology.describe_contract(service))
+    queues: list[tuple[str, dict[str, Any] | None, bool]] = [
+        (service.queue, topology.main_queue_arguments(service), service.queue_durable)]
+    queues += [(topology.retry_queue(service, attempt), retry_arguments, True)
                for attempt in range(1, service.max_retries + 1)]
-    queues.append((topology.dead_queue(service), None))
-    for name, arguments in queues:
-        finding, frames[name] = _check_queue(connection, name, arguments)
+    queues.append((topology.dead_queue(service), None, True))
+    for name, arguments, durable in queues:
+        finding, frames[name] = _check_queue(connection, name, arguments, durable)
         if frames[name] is None:
             missing.append(name)
         elif finding.level is not Level.OK or name == service.queue:
             findings.append(finding)
+    if service.contract == "gear":
+        yield _check_gear_exchange(connection)
     if missing:
         yield Finding(Level.WARN, service.job_type, f"missing: {', '.join(missing)} (declared "
                       "by the first consumer or submit)")

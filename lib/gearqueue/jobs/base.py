@@ -15,9 +15,12 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..config import Settings
+
+if TYPE_CHECKING:
+    from ..worker.outcome import Outcome
 
 Request = TypeVar("Request")
 
@@ -65,3 +68,27 @@ class Job(ABC, Generic[Request]):
     @abstractmethod
     def run(self, request: Request, context: JobContext) -> dict[str, Any]:
         """Do the work; return the success reply."""
+
+
+    def on_final_failure(self, job_id: str, payload: Mapping[str, Any] | None,
+                         outcome: Outcome) -> None:
+        """The job failed for good (it is dead-lettered): a bad message, a permanent
+        error, retries or a crash loop exhausted.
+
+        For a job type whose caller learns the end some other way than the reply (gEAR
+        polls a status file). Called once per final failure, after its state is stored,
+        in whichever process recorded it (the executor child, or the consumer when the
+        child died or the message never decoded: then `payload` is None). It must not
+        raise; the runtime logs it if it does.
+        """
+
+    @property
+    def reruns_fresh_duplicates(self) -> bool:
+        """True: a fresh publish of a job that succeeded before runs again instead of
+        being answered from its stored result (a redelivery is still answered from it).
+
+        For a job whose own files say whether the work is done, and whose caller asks
+        again with an identical message when it wants it again (gEAR's web API does,
+        and then waits for a status file that only a run writes).
+        """
+        return False

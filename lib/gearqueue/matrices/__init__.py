@@ -9,6 +9,9 @@ export writes datasets back out; none of this knows about any one job.
 - `chunks`      turns those sample chunks into blocks of genes
 - `delimited`   genes x samples CSV/TSV read and written in blocks of genes
 - `h5ad_writer` writes a new .h5ad block by block; `convert` checks uploads with it
+- `mtx`, `annotations`, `sparse_h5ad`, `tenx`: a 10x-style MTX folder (matrix.mtx,
+  features/genes.tsv, barcodes.tsv, obs.tsv, var.tsv) into a CSR .h5ad, by cells
+- `obs_column`  one obs column of an .h5ad (what an export groups samples by)
 
 dataset_import and export move whole datasets, which can be far larger than the
 executor's memory budget, so the streaming modules work in blocks of genes

@@ -105,7 +105,7 @@ def publish(files: ProjectionFiles, sample_ids: list[str], pattern_names: list[s
     require_root(files)
     try:
         files.dataset_dir.mkdir(parents=True, exist_ok=True)
-        for stale in files.dataset_dir.glob(f".{files.projection_id}.*.tmp"):
+        for stale in files.dataset_dir.glob(f".{files.projection_id}[._]*.tmp"):
             stale.unlink(missing_ok=True)
         files.genecart_dir.mkdir(parents=True, exist_ok=True)
         written = [files.csv]

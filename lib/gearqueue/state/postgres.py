@@ -259,6 +259,17 @@ class PostgresStore(RecordStore):
             raise ConfigError(f"the job-state database is not reachable: {error}",
                               section="state", key="url") from None
 
+    def probe(self) -> None:
+        """A connection of its own, one statement: not the pool, which may still be
+        reconnecting in the background, and whose wait for a connection is longer."""
+        connection = self._connect()
+        try:
+            connection.execute("SELECT 1")
+        except _UNAVAILABLE as error:
+            raise self._unavailable(error) from error
+        finally:
+            connection.close()
+
     def close(self) -> None:
         with self._pool_mutex:
             pool, self._pool = self._pool, None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .records import JobRecord, JobStatus
-from .sqlitedb import Database, immediate
+from .sqlitedb import BUSY_TIMEOUT, Database, immediate
 from .store import UNREAD, Change, RecordStore, refuse_existing
 
 #: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
@@ -44,6 +44,10 @@ _SELECT_ALL = "SELECT record FROM jobs ORDER BY job_id"
 _REPLACE = "INSERT OR REPLACE INTO jobs (job_id, record) VALUES (?, ?)"
 _INSERT = "INSERT INTO jobs (job_id, record) VALUES (?, ?)"
 _INSERT_OR_KEEP = "INSERT OR IGNORE INTO jobs (job_id, record) VALUES (?, ?)"
+
+#: Seconds a probe waits for another writer: short, since a consumer waiting for its
+#: store probes from its main loop, between heartbeats and watchdog pings.
+PROBE_BUSY_TIMEOUT = 1.0
 
 
 def lock_offset(job_id: str) -> int:
@@ -68,6 +72,7 @@ class SqliteStore(RecordStore):
         super().__init__(job_type)
         self.root = state_dir / job_type
         self.path = self.root / "jobs.sqlite3"
+        self.where = str(self.path)
         self._lock_file = f"{self.root}/.locks"
         self._encode = json.JSONEncoder(separators=(",", ":")).encode
         self._db = Database(self.path, _SCHEMA)
@@ -88,6 +93,20 @@ class SqliteStore(RecordStore):
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"state_dir is not writable: {self.path}: {error}",
                               section="paths", key="state_dir") from None
+
+    def probe(self) -> None:
+        """The write lock taken and given back, and the lock file opened: what every
+        job needs first."""
+        def take_the_write_lock(connection: sqlite3.Connection) -> None:
+            connection.execute(f"PRAGMA busy_timeout = {int(PROBE_BUSY_TIMEOUT * 1000)}")
+            try:
+                with immediate(connection):
+                    pass
+            finally:
+                connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            os.close(os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+        self._db.use(take_the_write_lock)
 
     def close(self) -> None:
         self._db.close()

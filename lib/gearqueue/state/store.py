@@ -45,6 +45,8 @@ class StateStore(Protocol):
     """The job records of one job type, whatever the backend."""
 
     job_type: str
+    #: Where the records are, for messages: a URL with its password masked, or a file.
+    where: str
 
     def get(self, job_id: str) -> JobRecord | None: ...
 
@@ -64,6 +66,13 @@ class StateStore(Protocol):
 
     def check_writable(self) -> None:
         """ConfigError now, at start-up, if the store cannot be used."""
+        ...
+
+    def probe(self) -> None:
+        """StateStoreUnavailable unless the store answers now: what a consumer that
+        stopped taking jobs while its store was down asks before it takes them again.
+        Quick (a refused connection or a busy database fails it), never a ConfigError
+        for a fault that may pass."""
         ...
 
     def batch(self, job_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
@@ -167,6 +176,9 @@ class RecordStore(ABC):
 
     @abstractmethod
     def check_writable(self) -> None: ...
+
+    @abstractmethod
+    def probe(self) -> None: ...
 
     @abstractmethod
     def close(self) -> None: ...

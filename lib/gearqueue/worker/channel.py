@@ -80,9 +80,10 @@ class Channel:
                 self.confirm_channel.confirm_delivery()
                 self.replies = self.connection.channel()
                 self.consume_channel.add_on_cancel_callback(self._on_cancel)
-                self.consumer_tag = self.consume_channel.basic_consume(
-                    service.queue, self._on_message, auto_ack=False,
-                    arguments=consumer_arguments(service, server_version(self.connection)))
+                self._arguments = consumer_arguments(service,
+                                                     server_version(self.connection))
+                self.consumer_tag: str | None = None
+                self.resume()
         except BaseException:
             close_quietly(self.connection)
             raise
@@ -150,10 +151,25 @@ class Channel:
                 self.consume_channel.basic_nack(delivery.delivery_tag, requeue=True)
 
     def stop_consuming(self) -> None:
-        """Cancel the consumer and give back every delivery not started yet."""
-        with converted_errors("cancelling the consumer"):
-            self.consume_channel.basic_cancel(self.consumer_tag)
+        """Cancel the consumer and give back every delivery not started yet.
+
+        Also how a consumer pauses (its job-state store is down): the broker hands the
+        queue to other consumers, and this connection, its heartbeats and the unacked
+        deliveries of the current batch stay as they are until `resume`.
+        """
+        if self.consumer_tag is not None:
+            with converted_errors("cancelling the consumer"):
+                self.consume_channel.basic_cancel(self.consumer_tag)
+            self.consumer_tag = None
         self.give_back_unstarted()
+
+    def resume(self) -> None:
+        """basic.consume (again, after `stop_consuming`): deliveries come in."""
+        if self.consumer_tag is None:
+            with converted_errors("consuming"):
+                self.consumer_tag = self.consume_channel.basic_consume(
+                    self.service.queue, self._on_message, auto_ack=False,
+                    arguments=self._arguments)
 
     def give_back_unstarted(self) -> None:
         """Requeue every delivery not taken yet, in order."""

@@ -7,7 +7,7 @@ for the parent, which reads it without waking the child.
 
 The pipe protocol is the small frozen dataclasses below: the parent sends `RunBatch`
 or `Stop`; the child answers `ChildReady` or `ChildFailed` once, at start, then one
-`BatchDone` per `RunBatch`.
+`BatchDone` per `RunBatch`, or `StoreFailed` when the job-state store failed during it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..config import ServiceSettings, Settings
-from ..errors import SoftTimeLimitExceeded
+from ..errors import SoftTimeLimitExceeded, StateStoreUnavailable
 from ..log import setup_logging
 from . import testhook
 from .outcome import Outcome
@@ -84,6 +84,17 @@ class BatchDone:
     it was asked to stop (the rest never started)."""
 
     outcomes: list[Finished]
+
+
+@dataclass(frozen=True)
+class StoreFailed:
+    """Child -> parent, instead of BatchDone: the job-state store failed during the
+    batch. Nothing of it is settled: a job's result may still have been on its way to
+    the store with the next write (or the batch's unlock), so every job of the batch
+    goes back to the queue, and those whose results were stored reply from them when
+    they come back. The child stays up (R stays loaded); its store reconnects."""
+
+    detail: str
 
 
 #: Slots of the shared `Progress` array.
@@ -177,14 +188,24 @@ def child_main(conn: Connection, settings: Settings, service: ServiceSettings,
             return
         if not isinstance(message, RunBatch):
             return  # Stop
-        outcomes = []
-        with runner.store.batch(order.job_id for order in message.jobs):  # one commit
-            for index, order in enumerate(message.jobs):
-                if progress.stop_asked:
-                    break
-                progress.begin(index)
-                started = time.monotonic()
-                outcome = runner.execute(order.job_id, order.payload, fresh=order.fresh)
-                outcomes.append(Finished(outcome, time.monotonic() - started))
-        testhook.reached(testhook.AFTER_STORE)
-        conn.send(BatchDone(outcomes))
+        try:
+            outcomes = _run_batch(runner, message, progress)
+            testhook.reached(testhook.AFTER_STORE)
+            conn.send(BatchDone(outcomes))
+        except StateStoreUnavailable as error:
+            log.warning("the job-state store failed during a batch; giving it back: %s",
+                        error)
+            conn.send(StoreFailed(str(error)))
+
+
+def _run_batch(runner: JobRunner, message: RunBatch, progress: Progress) -> list[Finished]:
+    outcomes = []
+    with runner.store.batch(order.job_id for order in message.jobs):  # one commit
+        for index, order in enumerate(message.jobs):
+            if progress.stop_asked:
+                break
+            progress.begin(index)
+            started = time.monotonic()
+            outcome = runner.execute(order.job_id, order.payload, fresh=order.fresh)
+            outcomes.append(Finished(outcome, time.monotonic() - started))
+    return outcomes

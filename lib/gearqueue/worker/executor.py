@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import psutil
 
 from ..config import ServiceSettings, Settings, check_isolation
-from ..errors import ExecutorDied, ExecutorStartFailed
+from ..errors import ExecutorDied, ExecutorStartFailed, StateStoreUnavailable
 from ..jobs.base import INLINE
 from .child import (
     BatchDone,
@@ -43,6 +43,7 @@ from .child import (
     Progress,
     RunBatch,
     Stop,
+    StoreFailed,
     child_main,
 )
 
@@ -128,13 +129,16 @@ class Executor:
     def poll(self, timeout: float) -> list[Finished] | None:
         """The outcomes of the batch if it finished within `timeout`, in order; fewer than
         its jobs when the child was asked to stop (the rest never started).
-        ExecutorDied if the child died."""
+        ExecutorDied if the child died; StateStoreUnavailable if the job-state store
+        failed during the batch (none of it is settled; the child is still up)."""
         assert self._conn is not None
         try:
             if self._conn.poll(timeout):
-                done: BatchDone = self._conn.recv()
-                self.jobs_done += len(done.outcomes)
+                done: BatchDone | StoreFailed = self._conn.recv()
                 self._batch_size = 0
+                if isinstance(done, StoreFailed):
+                    raise StateStoreUnavailable(done.detail)
+                self.jobs_done += len(done.outcomes)
                 return done.outcomes
         except (EOFError, OSError):
             pass

@@ -5,6 +5,15 @@ capped exponential backoff with full jitter; the executor child survives them, s
 stays loaded), then `serve`: take deliveries, hand them to the executor child in
 batches, keep the connection, the watchdog and the limits while the child works, and
 carry out the settlement of each batch (`settlement.plan`) against the channel.
+
+When the job-state store fails (`StateStoreUnavailable`, met by the child or by this
+process), no attempt can be counted and no result stored, so nothing can be settled:
+the batch in hand is given back to the queue untouched (a plan of give-backs, no ack)
+and the loop waits for the store (`_wait_for_store`): its consumer cancelled, its
+connection, heartbeats and watchdog kept, the store probed with capped, jittered
+back-off; then it consumes again. The jobs given back are run, or replied to from
+their stored results, when they come back; none of them has an attempt counted by the
+outage (except the one that was running, which did start).
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ from ..errors import (
     InvalidMessage,
     MemoryLimitExceeded,
     PublishError,
+    StateStoreUnavailable,
     TopologyMismatch,
 )
+from ..jobs import load_job
 from ..log import fields
 from ..message import Envelope, decode_payload, envelope_of
 from ..state import open_store
@@ -48,6 +59,10 @@ log = logging.getLogger(__name__)
 #: How often the main loop turns while a job runs: heartbeats, watchdog, limits.
 JOB_POLL_SECONDS = 0.2
 IDLE_POLL_SECONDS = 1.0
+#: Back-off of the probes of a job-state store that failed: full jitter, from 0.5 s,
+#: capped, so a fleet that lost the same database does not come back at one instant.
+STORE_PROBE_BASE_SECONDS = 0.5
+STORE_PROBE_MAX_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +88,17 @@ class InFlightBatch:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """The jobs of a batch that finished (in order), and those that never started."""
+    """The jobs of a batch that finished (in order), and those to give back: never
+    started, or, after `store_fault`, the whole batch (nothing could be recorded)."""
 
     settled: list[Settled]
-    unstarted: list[InFlight]
+    unstarted: list[Delivery]
+    store_fault: StateStoreUnavailable | None = None
+
+    @classmethod
+    def given_back(cls, deliveries: list[Delivery], fault: StateStoreUnavailable
+                   ) -> BatchResult:
+        return cls([], deliveries, fault)
 
 
 class Consumer:
@@ -249,18 +271,71 @@ class Consumer:
     # --- one batch -----------------------------------------------------------------------
 
     def _finish(self, batch: InFlightBatch) -> None:
-        """Wait for a batch, then settle it: one plan, carried out, logged."""
-        result = self._wait(batch)
+        """Wait for a batch, then settle it."""
+        try:
+            result = self._wait(batch)
+        except StateStoreUnavailable as fault:  # the child's store, or ours (`_split`)
+            result = BatchResult.given_back([job.delivery for job in batch.jobs], fault)
         if result is None:  # immediate stop: the messages went back to the queue
             return
         if not result.unstarted:
             self._start_next_early(batch.channel)
-        channel = self._channel_of(batch.jobs[0].delivery)
-        done = settlement.plan(self.service, result.settled,
-                               [job.delivery for job in result.unstarted])
+        self._settle(result)
+        self._recycle_if_needed()
+
+    def _settle(self, result: BatchResult) -> None:
+        """One plan, carried out, logged; after a store fault, a plan of give-backs
+        (consuming paused first, so the broker does not hand them straight back), and
+        then no job until the store answers."""
+        first = result.settled[0].delivery if result.settled else result.unstarted[0]
+        channel = self._channel_of(first)
+        if result.store_fault is not None:
+            channel.stop_consuming()
+        done = settlement.plan(self.service, result.settled, result.unstarted)
         self._carry_out(channel, done)
         self.job_log.settled(done)
-        self._recycle_if_needed()
+        if result.store_fault is not None:
+            self._wait_for_store(channel, result.store_fault, len(result.unstarted))
+
+    def _wait_for_store(self, channel: Channel, fault: StateStoreUnavailable,
+                        given_back: int) -> None:
+        """Take no job until the job-state store answers again (or a stop is asked).
+
+        The consumer is cancelled, so the broker hands the queue to other consumers
+        (or keeps it); the connection stays, its heartbeats and the watchdog served
+        while the store is probed with capped, full-jitter back-off.
+        """
+        where = self.store.where
+        log.warning("the job-state store failed; gave back %d job(s), taking none until "
+                    "it answers: %s", given_back, fault, extra=fields(queue=self.service.queue))
+        attempt = 0
+        while not self.stop.requested:
+            attempt += 1
+            self.notifier.status(f"waiting for the state database (attempt {attempt}): "
+                                 f"{where}")
+            self._pump_for(channel, full_jitter(attempt, STORE_PROBE_BASE_SECONDS,
+                                                STORE_PROBE_MAX_SECONDS))
+            if self.stop.requested:
+                return
+            try:
+                self.store.probe()
+            except StateStoreUnavailable as error:
+                log.info("waiting for the state database (attempt %d): %s", attempt, error)
+                continue
+            log.info("the state database answers again (attempt %d); consuming from '%s'",
+                     attempt, self.service.queue, extra=fields(queue=self.service.queue))
+            channel.resume()
+            return
+
+    def _pump_for(self, channel: Channel, seconds: float) -> None:
+        """Serve heartbeats and the watchdog for `seconds` (less if a stop is asked)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.requested:
+            self.notifier.watchdog()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            channel.pump(min(left, JOB_POLL_SECONDS))
 
     def _wait(self, batch: InFlightBatch) -> BatchResult | None:
         """Keep the connection, the watchdog and the limits while the child runs the batch.
@@ -273,6 +348,10 @@ class Consumer:
                 finished = self.executor.poll(JOB_POLL_SECONDS)
             except ExecutorDied as died:
                 return self._split(batch, died.done, ExecutorCrashed(str(died)))
+            except StateStoreUnavailable:
+                if broker_lost is not None:
+                    raise broker_lost from None  # redelivered anyway, after the reconnect
+                raise
             if finished is not None:
                 if broker_lost is not None:
                     raise broker_lost  # results are stored; the redeliveries reply from them
@@ -323,7 +402,7 @@ class Consumer:
         """The child sent back the first len(finished) jobs; the rest never started."""
         settled = [Settled(job.delivery, job.envelope, done.outcome, done.seconds)
                    for job, done in zip(batch.jobs, finished, strict=False)]
-        return BatchResult(settled, batch.jobs[len(settled):])
+        return BatchResult(settled, [job.delivery for job in batch.jobs[len(settled):]])
 
     def _split(self, batch: InFlightBatch, index: int, error: ExecutorCrashed
                | HardTimeLimitExceeded | MemoryLimitExceeded) -> BatchResult:
@@ -338,28 +417,32 @@ class Consumer:
         """
         seconds = time.monotonic() - batch.started
         settled: list[Settled] = []
-        unstarted: list[InFlight] = []
+        unstarted: list[Delivery] = []
         for position, job in enumerate(batch.jobs[:index + 1]):
             job_id = job.envelope.job_id
             outcome = Outcome.from_record(self.store.get(job_id), reused=False,
                                           since=batch.handed_at)
             if outcome is None and position < index:
-                unstarted.append(job)
+                unstarted.append(job.delivery)
                 continue
             settled.append(Settled(job.delivery, job.envelope,
-                                   outcome or self._failed_outside(job_id, error), seconds))
-        return BatchResult(settled, unstarted + batch.jobs[index + 1:])
+                                   outcome or self._failed_outside(job_id, job.payload, error),
+                                   seconds))
+        return BatchResult(settled, unstarted + [job.delivery
+                                                 for job in batch.jobs[index + 1:]])
 
     def _reject(self, delivery: Delivery, error: InvalidMessage) -> None:
         """A message that cannot become a job: a clear error in its reply and its state,
         dead-lettered; the consumer goes on."""
         envelope = envelope_of(delivery.properties, delivery.body)
-        attempt = self._attempts_so_far(envelope.job_id) + 1
-        outcome = record_failure(self.store, envelope.job_id, Outcome.failure(
-            error, attempt, max_retries=self.service.max_retries))
-        done = settlement.plan(self.service, [Settled(delivery, envelope, outcome, 0.0)])
-        self._carry_out(self._channel_of(delivery), done)
-        self.job_log.settled(done)
+        try:
+            attempt = self._attempts_so_far(envelope.job_id) + 1
+            outcome = record_failure(self.store, envelope.job_id, Outcome.failure(
+                error, attempt, max_retries=self.service.max_retries), job=self._job_hooks())
+        except StateStoreUnavailable as fault:
+            self._settle(BatchResult.given_back([delivery], fault))
+            return
+        self._settle(BatchResult([Settled(delivery, envelope, outcome, 0.0)], []))
 
     @staticmethod
     def _carry_out(channel: Channel, plan: Plan) -> None:
@@ -387,13 +470,20 @@ class Consumer:
             raise BrokerUnavailable("the session that received this job is gone")
         return delivery.channel
 
-    def _failed_outside(self, job_id: str, error: ExecutorCrashed | HardTimeLimitExceeded
-                        | MemoryLimitExceeded) -> Outcome:
+    def _failed_outside(self, job_id: str, payload: dict[str, Any],
+                        error: ExecutorCrashed | HardTimeLimitExceeded | MemoryLimitExceeded
+                        ) -> Outcome:
         """Record a failure the child could not record itself (it is dead)."""
         log.warning("job %s: %s", job_id, error.message, extra=fields(job_id=job_id))
         attempt = max(self._attempts_so_far(job_id), 1)
         return record_failure(self.store, job_id, Outcome.failure(
-            error, attempt, max_retries=self.service.max_retries))
+            error, attempt, max_retries=self.service.max_retries), job=self._job_hooks(),
+            payload=payload)
+
+    def _job_hooks(self) -> Any:
+        """The job type's object here in the consumer, for its final-failure hook only
+        (the child has its own); built on demand, as failures are rare."""
+        return load_job(self.service.job_type)(self.settings)
 
     # --- between batches -------------------------------------------------------------
 

@@ -18,6 +18,9 @@ the ack, so a redelivery finds it; and every attempt that may run again is count
 In a batch, the result of a fresh job that ran under `HOLD_RESULT_SECONDS` waits for
 the batch's one commit (store.batch); a redelivered job's is committed at once, so a
 job that crashes the batch again and again cannot take the others' attempts with it.
+`StateStoreUnavailable` is never an
+outcome: nothing can be recorded for a job whose store failed, so it leaves `execute`
+as the error it is (the consumer gives the job back and waits for the store).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import ServiceSettings, Settings
-from ..errors import AttemptsExhausted
+from ..errors import AttemptsExhausted, StateStoreUnavailable
 from ..jobs import load_job
 from ..jobs.base import Job, JobContext
 from ..log import fields
@@ -49,14 +52,24 @@ Guard = Callable[[], contextlib.AbstractContextManager[None]]
 HOLD_RESULT_SECONDS = 0.05
 
 
-def record_failure(store: StateStore, job_id: str, outcome: Outcome) -> Outcome:
+def record_failure(store: StateStore, job_id: str, outcome: Outcome, *,
+                   job: Job[Any] | None = None,
+                   payload: Mapping[str, Any] | None = None,
+                   worker: str | None = None) -> Outcome:
     """Store a failed attempt: retrying if another attempt is due, else failed for good.
 
     Also used by the consumer for what happens outside the child: crashes, time limits
-    and messages rejected before a job could start.
+    and messages rejected before a job could start. A final failure is then told to
+    `job` (Job.on_final_failure), the one place every dead-lettered job passes.
     """
     store.failed(job_id, outcome.attempt, outcome.error_record(), outcome.reply,
-                 retrying=outcome.retrying)
+                 retrying=outcome.retrying, worker=worker)
+    if job is not None and not outcome.retrying:
+        try:
+            job.on_final_failure(job_id, payload, outcome)
+        except Exception:  # a hook must not change the job's outcome
+            log.exception("on_final_failure of job %s failed", job_id,
+                          extra=fields(job_id=job_id))
     return outcome
 
 
@@ -88,9 +101,11 @@ class JobRunner:
         """
         with self.store.locked(job_id):
             record = self.store.get(job_id)
-            if record is not None and record.status is JobStatus.SUCCEEDED:
+            rerun = fresh and self.job.reruns_fresh_duplicates
+            if record is not None and record.status is JobStatus.SUCCEEDED and not rerun:
                 return self._replay(record)
-            restart = record is not None and record.status is JobStatus.FAILED
+            restart = record is not None and record.status in (
+                (JobStatus.FAILED, JobStatus.SUCCEEDED) if rerun else (JobStatus.FAILED,))
             if record is not None and restart and not fresh:
                 return self._replay(record)
             unrun = record is None or (record.status is JobStatus.QUEUED
@@ -108,7 +123,8 @@ class JobRunner:
                 error = AttemptsExhausted(f"gave up after {recorded} attempts"
                                           + (f"; last error: {last}" if last else ""))
                 outcome = record_failure(self.store, job_id, Outcome.failure(
-                    error, recorded, max_retries=self.max_retries))
+                    error, recorded, max_retries=self.max_retries), job=self.job,
+                    payload=payload)
                 self.store.flush()
                 return outcome
             self.store.begin_attempt(job_id, attempt, self.worker, restart=restart)
@@ -133,13 +149,16 @@ class JobRunner:
                 reply = self.job.run(self.job.validate(payload), context)
         except (KeyboardInterrupt, SystemExit):
             raise
+        except StateStoreUnavailable:
+            # The store failed (the job's lock went with its connection): nothing can
+            # be recorded, so the attempt is not settled as a failure; the consumer
+            # gives the job back and waits for the store (worker/loop.py).
+            raise
         except BaseException as error:  # noqa: BLE001 - every failure has an outcome
             job_error, text = as_job_error(error)
-            outcome = Outcome.failure(job_error, attempt, max_retries=self.max_retries,
-                                      traceback=text)
-            self.store.failed(job_id, attempt, outcome.error_record(), outcome.reply,
-                              retrying=outcome.retrying,
-                              worker=None if began else self.worker)
+            outcome = record_failure(self.store, job_id, Outcome.failure(
+                job_error, attempt, max_retries=self.max_retries, traceback=text),
+                job=self.job, payload=payload, worker=None if began else self.worker)
         else:
             testhook.reached(testhook.MID_RUN)
             self.store.succeeded(job_id, reply, attempt=None if began else AttemptRecord(
