@@ -81,9 +81,14 @@ def _raw(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, 
     return [PYTHON, str(BENCH / "raw_consumer.py"), queue, str(prefetch)], {}
 
 
-def _gear(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, str]]:
-    config = write_gear_ini(folder, {"echo": queue}, prefetch)
-    return [PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config", str(config)], {}
+def _gear(isolation: str):
+    """gearqueue's echo consumer with its defaults, but for `isolation` (process: the
+    jobs in the executor child; inline: in the consumer, echo's own default)."""
+    def command(queue: str, prefetch: int, folder: Path) -> tuple[list[str], dict[str, str]]:
+        config = write_gear_ini(folder, {"echo": queue}, prefetch, isolation=isolation)
+        return [PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config",
+                str(config)], {}
+    return command
 
 
 def _celery(pool: str, concurrency: int):
@@ -119,7 +124,8 @@ GEAR = Guarantees(
     "yes: SQLite WAL, synchronous=NORMAL, before the reply and ack: survives any process "
     "crash; a power loss can lose the last commits",
     "yes: per job id, under its lock; a redelivered finished job gets its stored reply",
-    "yes: attempt stored before the job runs; past max_retries, dead-lettered")
+    "yes: a redelivered job's attempt stored before it runs (a first delivery's with its "
+    "result); past max_retries, dead-lettered")
 CELERY_SOLO = Guarantees(
     "yes: task_acks_late, after the task returns", NO_RESULT,
     "no: a redelivered task runs again", "no: a task that kills the worker is "
@@ -141,7 +147,9 @@ def _with_results(guarantees: Guarantees) -> Guarantees:
 
 SYSTEMS: dict[str, System] = {system.key: system for system in (
     System("raw", "raw pika consumer (ceiling)", "json", _raw, lambda queue: [queue], RAW),
-    System("gear", "gearqueue echo consumer", "json", _gear, gear_queues, GEAR),
+    *(System(f"gear_{isolation}", f"gearqueue echo consumer, isolation = {isolation}",
+             "json", _gear(isolation), gear_queues, GEAR)
+      for isolation in ("inline", "process")),
     System("celery_solo", "Celery 5 --pool=solo", "celery", _celery("solo", 1),
            lambda queue: [queue], CELERY_SOLO, lambda queue: [queue]),
     System("celery_prefork2", "Celery 5 prefork x2", "celery", _celery("prefork", 2),

@@ -47,11 +47,16 @@ def _restore_library_path() -> None:
 def make_config(tmp_path: Path, request: pytest.FixtureRequest) -> ConfigFactory:
     """Write a gear.ini for this test and return its path.
 
-    Keyword arguments set keys: `echo_service={"prefetch": 10}`, `rabbitmq={...}`,
+    Keyword arguments set keys: `echo_service={"prefetch": 10}` (echo's isolation is
+    `process`, or each of both for a test that takes the `isolation` fixture), `rabbitmq={...}`,
     `paths={...}`. Queues are named `t<random>.<type>_jobs`. The job-state store is
     that of $GEAR_TEST_STATE_BACKEND (SQLite by default; `state={"url": ...}` sets it).
     """
     tag = f"t{uuid.uuid4().hex[:10]}"
+    # echo runs in its executor child unless the test asks for both (`isolation`):
+    # tests of the child itself (long jobs, memory limits) stay on `process`.
+    isolation = (request.getfixturevalue("isolation") if "isolation" in request.fixturenames
+                 else "process")
     # Only tests that run consumers or clients get a database (the `state_url` fixture);
     # a store-suite test brings its own through `state={...}`.
     state = request.getfixturevalue("state_url") if chosen_backend() != "sqlite" else ""
@@ -68,6 +73,7 @@ def make_config(tmp_path: Path, request: pytest.FixtureRequest) -> ConfigFactory
         for job_type in JOB_TYPES:
             content[f"{job_type}_service"] = {"queue": f"{tag}.{job_type}_jobs",
                                               "retry_backoff": 0.2}
+        content["echo_service"]["isolation"] = isolation
         for section, values in sections.items():
             content.setdefault(section, {}).update(values)
         lines = []
@@ -80,6 +86,12 @@ def make_config(tmp_path: Path, request: pytest.FixtureRequest) -> ConfigFactory
         return path
 
     return make
+
+
+@pytest.fixture(params=["process", "inline"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    """Run a runtime test in both isolations: make_config sets echo's to this."""
+    return str(request.param)
 
 
 @pytest.fixture

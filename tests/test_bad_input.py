@@ -16,15 +16,17 @@ from gearqueue.state import JobStatus, open_store
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["inline", "process"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """An echo consumer of each isolation in turn (inline: echo's own default)."""
     folder = tmp_path_factory.mktemp("bad-input")
     queue = f"t{time.time_ns()}.echo_jobs"
     config = folder / "gear.ini"
     config.write_text(
         "[rabbitmq]\nurl = amqp://guest:guest@127.0.0.1:5672/%2F\n"
         "[paths]\nstate_dir = var/state\n"
-        f"[echo_service]\nqueue = {queue}\nmax_message_bytes = 2000\n")
+        f"[echo_service]\nqueue = {queue}\nmax_message_bytes = 2000\n"
+        f"isolation = {request.param}\n")
     consumer = ConsumerProcess(config).start()
     publisher = PlainPublisher(queue)
     yield config, publisher, consumer

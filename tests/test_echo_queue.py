@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,9 +22,20 @@ pytestmark = pytest.mark.slow
 
 
 def wait_until_running(config: Path, job_id: str, timeout: float = 20.0) -> None:
+    """Until the job runs: its lock is held (a first delivery's attempt is recorded only
+    with its result, so its record says `queued` until then)."""
     store = open_store(load_settings(config), "echo")
     deadline = time.monotonic() + timeout
-    while (record := store.get(job_id)) is None or record.status is not JobStatus.RUNNING:
+    while True:
+        taken = threading.Event()
+
+        def probe(taken: threading.Event = taken) -> None:
+            with store.locked(job_id):
+                taken.set()
+
+        threading.Thread(target=probe, daemon=True).start()
+        if not taken.wait(0.5):
+            return  # held by the consumer: the job runs
         assert time.monotonic() < deadline, f"job {job_id} never started running"
         time.sleep(0.05)
 

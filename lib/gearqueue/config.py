@@ -68,6 +68,10 @@ class ServiceSettings:
     queue: str
     prefetch: int
     batch_size: int
+    #: "process", "inline", or "" for the job type's own (see `check_isolation`).
+    isolation: str
+    inline_time_limit: float
+    log_quick_jobs_ms: int
     workers: int
     max_retries: int
     retry_backoff: float
@@ -215,6 +219,8 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
             service_values["queue_durable"] = not gear
         service = ServiceSettings(job_type=name, **service_values)
         _check_service(service, path, section)
+        if service.isolation:  # a job type's own default is checked by its consumer
+            check_isolation(service, service.isolation, rabbit["heartbeat"], path)
         services[name] = service
 
     base = path.resolve().parent
@@ -249,6 +255,46 @@ def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
             service.soft_time_limit >= service.time_limit:
         raise ConfigError("must be below time_limit, so the job can clean up before the "
                           "hard kill", path=str(path), section=section, key="soft_time_limit")
+
+
+def check_isolation(service: ServiceSettings, isolation: str, heartbeat: int,
+                    path: Path) -> None:
+    """ConfigError unless `service` can run with `isolation` (its own key's value or
+    its job type's default).
+
+    An inline job runs on the consumer's main thread, where heartbeats, acks and the
+    watchdog are served between jobs only: it must end well inside the heartbeat, so
+    its time limit (time_limit, or inline_time_limit when that is 0) must be under half
+    the heartbeat interval. Its memory cannot be given back, so max_memory_mb is
+    refused.
+    """
+    if isolation != "inline":
+        return
+    section = service_section(service.job_type)
+    limit = inline_limit(service, heartbeat)
+    if heartbeat and limit >= heartbeat / 2:
+        key = "time_limit" if service.time_limit else "inline_time_limit"
+        raise ConfigError(
+            f"isolation = inline needs a time limit under half the heartbeat ({heartbeat} "
+            f"s in [rabbitmq]): an inline job blocks the consumer's heartbeats while it "
+            f"runs; got {limit:g} s (lower it, or set isolation = process)",
+            path=str(path), section=section, key=key)
+    if service.max_memory_mb:
+        raise ConfigError("isolation = inline cannot give memory back (no child to "
+                          "recycle): set max_memory_mb = 0 or isolation = process",
+                          path=str(path), section=section, key="max_memory_mb")
+
+
+#: An inline job's limit when neither time_limit nor inline_time_limit is set and
+#: heartbeats are off (heartbeat = 0).
+INLINE_LIMIT_WITHOUT_HEARTBEAT = 15.0
+
+
+def inline_limit(service: ServiceSettings, heartbeat: int) -> float:
+    """The hard time limit of an inline job: time_limit, else inline_time_limit, else a
+    quarter of the heartbeat interval."""
+    return (service.time_limit or service.inline_time_limit
+            or (heartbeat / 4 if heartbeat else INLINE_LIMIT_WITHOUT_HEARTBEAT))
 
 
 def mask_url(url: str) -> str:

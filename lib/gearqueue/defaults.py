@@ -33,10 +33,11 @@ def parse_str(text: str) -> str:
     return text.strip()
 
 
-def parse_choice(*choices: str) -> Callable[[str], str]:
+def parse_choice(*choices: str, empty: bool = False) -> Callable[[str], str]:
+    """One of `choices` (or, with `empty`, nothing: the default decided elsewhere)."""
     def parse(text: str) -> str:
         value = text.strip().lower()
-        if value not in choices:
+        if value not in choices and not (empty and not value):
             raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
         return value
     return parse
@@ -139,6 +140,19 @@ SERVICE_KEYS: tuple[Key, ...] = (
         "one ack for all). At most prefetch; 0: the same as prefetch. The child's "
         "successor is started 2 batches (or 10% of max_jobs_per_child, if more) before "
         "it is recycled.", minimum=0),
+    Key("isolation", parse_choice("process", "inline", empty=True), "",
+        "Where the consumer runs a job. process: in its executor child (a crash, a hard "
+        "time limit or a leak costs only the child). inline: in the consumer's own "
+        "process with no hop, for short jobs: time_limit must be under half the "
+        "heartbeat (0: inline_time_limit), and max_memory_mb is not available. Empty: "
+        "the job type's own (echo: inline; projectr, dataset_import, export: process)."),
+    Key("inline_time_limit", parse_float, 0.0,
+        "The hard limit of an inline job whose time_limit is 0 (seconds). 0: a quarter "
+        "of the heartbeat (15 s at 60 s), or 15 s with heartbeats off.", minimum=0),
+    Key("log_quick_jobs_ms", parse_int, 10,
+        "A job that succeeds in less than this many milliseconds is logged at DEBUG, not "
+        "INFO; every job is still counted: an INFO line at most every 10 s gives how many "
+        "(GEAR_QUICK_JOBS, docs/operations.md). 0: every job at INFO.", minimum=0),
     Key("workers", parse_int, 2,
         "Consumer instances install.sh and `gearqueue scale` enable for this type.", minimum=0),
     Key("max_retries", parse_int, 3,

@@ -1,4 +1,5 @@
-"""The fast tier: the settlement and the loop in-process, echo in a real executor child.
+"""The fast tier: the settlement and the loop in-process, echo in a real executor child
+and inline (the `consumer` fixture runs each loop test in both isolations).
 
 One gear.ini and one warm child serve the whole tier (a child that a test kills is
 started again by the loop, as in production). Job ids are unique per test, so the
@@ -15,6 +16,7 @@ import pytest
 
 from gearqueue.config import ServiceSettings, Settings, load_settings
 from gearqueue.worker.executor import Executor
+from gearqueue.worker.inline import InlineExecutor
 from gearqueue.worker.loop import Consumer
 from gearqueue.worker.stop import StopRequest
 
@@ -61,19 +63,51 @@ def tag() -> str:
 ConsumerFactory = Callable[..., tuple[Consumer, RecordingChannel]]
 
 
-@pytest.fixture
-def consumer(fast_settings: Settings, warm_executor: Executor) -> ConsumerFactory:
-    """A Consumer around the shared warm child, and a RecordingChannel to serve."""
-    if not warm_executor.running:
-        warm_executor.start(idle=lambda: None)
+@pytest.fixture(scope="session")
+def inline_executor(fast_settings: Settings, echo_service: ServiceSettings
+                    ) -> Iterator[InlineExecutor]:
+    executor = InlineExecutor(fast_settings, echo_service, "fast-tier")
+    executor.start(idle=lambda: None)
+    yield executor
+    executor.shutdown()
 
+
+def _factory(settings: Settings, executor: Executor | InlineExecutor) -> ConsumerFactory:
     def make(on_pump: Callable[[StopRequest], None] | None = None
              ) -> tuple[Consumer, RecordingChannel]:
         stop = StopRequest()
         hook = (lambda: on_pump(stop)) if on_pump is not None else None
         channel = RecordingChannel(stop, on_pump=hook)
-        loop = Consumer(fast_settings, "echo", identifier="fast-tier", stop=stop,
-                        executor=warm_executor, open_channel=lambda: channel)  # type: ignore[arg-type,return-value]
+        if isinstance(executor, InlineExecutor):
+            executor._stop_requested = lambda: stop.requested  # this test's stop
+        loop = Consumer(settings, "echo", identifier="fast-tier", stop=stop,
+                        executor=executor, open_channel=lambda: channel)  # type: ignore[arg-type,return-value]
         return loop, channel
 
     return make
+
+
+@pytest.fixture(params=["process", "inline"])
+def consumer(request: pytest.FixtureRequest, fast_settings: Settings,
+             warm_executor: Executor, inline_executor: InlineExecutor) -> ConsumerFactory:
+    """A Consumer around the shared warm child or the inline executor (both
+    isolations), and a RecordingChannel to serve."""
+    if request.param == "inline":
+        return _factory(fast_settings, inline_executor)
+    if not warm_executor.running:
+        warm_executor.start(idle=lambda: None)
+    return _factory(fast_settings, warm_executor)
+
+
+@pytest.fixture
+def process_consumer(fast_settings: Settings, warm_executor: Executor) -> ConsumerFactory:
+    """Only for what needs a child: a crash that must not take the test with it."""
+    if not warm_executor.running:
+        warm_executor.start(idle=lambda: None)
+    return _factory(fast_settings, warm_executor)
+
+
+@pytest.fixture
+def isolation(consumer: ConsumerFactory, request: pytest.FixtureRequest) -> str:
+    """The isolation the `consumer` fixture runs this test with."""
+    return str(request.node.callspec.params["consumer"])

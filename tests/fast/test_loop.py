@@ -11,6 +11,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
 
 from gearqueue.config import Settings, StateSettings
 from gearqueue.state import JobStatus, StateStore, open_store
@@ -79,39 +80,67 @@ def test_a_retried_message_is_dead_lettered_when_its_retries_are_spent(consumer,
     assert (record.status, record.attempts) == (JobStatus.FAILED, 2)
 
 
-def test_a_crash_mid_batch_settles_before_fails_at_and_gives_back_after(consumer, tag) -> None:
-    loop, channel = consumer()
+def test_a_crash_mid_batch_fails_that_job_and_gives_back_the_others(
+        process_consumer, tag) -> None:
+    """The batch's results are committed together, so the jobs before the crash have
+    none stored: they go back to the queue untouched, as the ones after it do, and run
+    again as redeliveries (counted). Only the job that crashed has an attempt stored."""
+    loop, channel = process_consumer()
     ids = [f"{tag}-{n}" for n in range(5)]
     for n, job_id in enumerate(ids):
         channel.deliver(body(data=n, **({"fail": "crash"} if n == 2 else {})), job_id)
     # The given-back ones would come again; here the burst ends with them given back.
     loop.serve(channel)  # type: ignore[arg-type]
     events = order(channel)
-    assert events[:5] == [("reply", ids[0]), ("reply", ids[1]), ("publish", ids[2]),
-                          ("requeue", ids[3]), ("requeue", ids[4])]
-    assert events[5] == ("ack", ids[2]) and channel.of("ack")[0].multiple
+    assert events[:6] == [("publish", ids[2]), ("requeue", ids[0]), ("requeue", ids[1]),
+                          ("requeue", ids[3]), ("requeue", ids[4]), ("ack", ids[2])]
     retry = channel.of("publish")[0]
     assert retry.headers["x-gear-error-class"] == "ExecutorCrashed"
     assert "executor child died" in retry.headers["x-gear-error-message"]
-    assert replies(channel)[ids[1]] == {"success": 1, "echo": 1, "attempt": 1}
     records = store(loop.settings)
-    assert [records.require(job_id).status for job_id in ids[:3]] == [
-        JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.RETRYING]
-    assert records.get(ids[3]) is None and records.get(ids[4]) is None  # never started
-    assert channel.acked_tags() == {1, 2, 3}
+    crashed = records.require(ids[2])
+    assert (crashed.status, crashed.attempts) == (JobStatus.RETRYING, 1)
+    assert all(records.get(ids[n]) is None for n in (0, 1, 3, 4))
+    assert channel.acked_tags() == {3}
 
 
-def test_a_time_limit_mid_batch_kills_that_job_alone(consumer, tag) -> None:
+def test_a_redelivered_job_after_a_crash_counts_the_attempt_that_left_no_record(
+        consumer, tag) -> None:
+    loop, channel = consumer()
+    job_id = f"{tag}-again"
+    channel.deliver(body(data=1), job_id, redelivered=True)
+    loop.serve(channel)  # type: ignore[arg-type]
+    assert replies(channel)[job_id] == {"success": 1, "echo": 1, "attempt": 2}
+    assert store(loop.settings).require(job_id).attempts == 2
+
+
+def test_a_first_delivery_is_recorded_once_with_its_result(consumer, tag) -> None:
+    loop, channel = consumer()
+    job_id = f"{tag}-first"
+    channel.deliver(body(data=1), job_id)
+    loop.serve(channel)  # type: ignore[arg-type]
+    record = store(loop.settings).require(job_id)
+    assert (record.status, record.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert record.worker and record.result == {"success": 1, "echo": 1, "attempt": 1}
+
+
+def test_a_time_limit_mid_batch_fails_that_job_alone(consumer, isolation, tag) -> None:
+    """process: the child is killed and the jobs after it go back untouched; inline: the
+    timer raises in the job, and the batch goes on."""
     loop, channel = consumer()
     ids = [f"{tag}-{n}" for n in range(3)]
     for n, job_id in enumerate(ids):
         channel.deliver(body(data=n, **({"sleep": 20} if n == 1 else {})), job_id)
     loop.serve(channel)  # type: ignore[arg-type]
-    assert order(channel)[:4] == [("reply", ids[0]), ("publish", ids[1]),
-                                  ("requeue", ids[2]), ("ack", ids[1])]
+    if isolation == "process":
+        assert order(channel)[:4] == [("publish", ids[1]), ("requeue", ids[0]),
+                                      ("requeue", ids[2]), ("ack", ids[1])]
+        assert store(loop.settings).get(ids[2]) is None
+    else:
+        assert order(channel)[:4] == [("reply", ids[0]), ("publish", ids[1]),
+                                      ("reply", ids[2]), ("ack", ids[2])]
     retry = channel.of("publish")[0]
     assert retry.headers["x-gear-error-class"] == "HardTimeLimitExceeded"
-    assert store(loop.settings).get(ids[2]) is None
 
 
 def test_an_invalid_message_among_valid_ones_is_dead_lettered_in_its_turn(
@@ -137,18 +166,15 @@ def test_an_invalid_message_among_valid_ones_is_dead_lettered_in_its_turn(
 
 def test_sigterm_mid_batch_finishes_the_running_job_and_gives_back_the_rest(
         consumer, tag) -> None:
-    served: list[Consumer] = []
-
-    def sigterm(stop: StopRequest) -> None:  # once the child runs a job of the batch
-        if served and served[0].executor.current >= 0:
-            stop.graceful = True
-
-    loop, channel = consumer(on_pump=sigterm)
-    served.append(loop)
+    loop, channel = consumer()
     ids = [f"{tag}-{n}" for n in range(5)]
     for n, job_id in enumerate(ids):
         channel.deliver(body(data=n, sleep=0.15), job_id)
+    # As a SIGTERM does, from outside the loop, while a job of the batch runs.
+    sigterm = threading.Timer(0.25, lambda: setattr(loop.stop, "graceful", True))
+    sigterm.start()
     loop.serve(channel)  # type: ignore[arg-type]
+    sigterm.join()
     done = [job_id for job_id in ids if job_id in replies(channel)]
     given_back = [event.job_id for event in channel.of("requeue")]
     # The batch is cut after a job: a prefix is done, the rest goes back untouched.

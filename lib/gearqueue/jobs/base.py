@@ -33,16 +33,27 @@ class JobContext:
     attempt: int
     settings: Settings
     #: True in an executor child (which may be killed hard); False when the job runs
-    #: in-process in the caller (queue_enabled = 0).
+    #: in the consumer itself (isolation = inline) or in the caller (queue_enabled = 0).
     isolated: bool
     log: logging.LoggerAdapter[logging.Logger]
     #: Raises StateStoreUnavailable if the job's lock was lost (its PostgreSQL
     #: connection died): a job calls it just before it makes its effect.
     confirm_lock: Callable[[], None] = lambda: None
+    #: True when a consumer runs the job (in its child or inline): a crash of the
+    #: process is redelivered and counted. False in the caller (queue_enabled = 0).
+    consumer: bool = False
+
+
+#: Where a job runs in its consumer (the `isolation` key): a child process, or the
+#: consumer's own process with no hop (only for jobs that end well within a heartbeat).
+PROCESS, INLINE = "process", "inline"
+ISOLATIONS = (PROCESS, INLINE)
 
 
 class Job(ABC, Generic[Request]):
     name: ClassVar[str]
+    #: The job type's default `isolation` (its gear.ini section may set another).
+    isolation: ClassVar[str] = PROCESS
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -441,12 +441,16 @@ class PostgresStore(RecordStore):
         for job_id in ids:
             self._lock_connections.connections[job_id] = connection
             held[job_id] = records[job_id]
+        self._begin_batch(ids)
         try:
             yield
         finally:
-            for job_id in ids:
-                del held[job_id]
-            self._release(connection, ids, _UNLOCK_ALL)
+            try:
+                self._end_batch(ids)  # the held-back results: committed with the unlock
+            finally:
+                for job_id in ids:
+                    del held[job_id]
+                self._release(connection, ids, _UNLOCK_ALL)
 
     def confirm_locked(self, job_id: str) -> None:
         """StateStoreUnavailable unless this thread still holds the job's lock (its

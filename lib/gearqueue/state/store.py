@@ -23,6 +23,7 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import JobExists, StateStoreUnavailable, UnknownJob
@@ -30,6 +31,14 @@ from .records import JobRecord, JobStatus
 
 #: A change of one record: the stored record (a new queued one if none) -> the new one.
 Change = Callable[[JobRecord], JobRecord]
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """An attempt recorded together with its result instead of before it ran."""
+
+    attempt: int
+    worker: str
 
 
 class StateStore(Protocol):
@@ -67,10 +76,15 @@ class StateStore(Protocol):
         ...
 
     def batch(self, job_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
-        """Optional grouping of a batch's jobs (run one by one, each under `locked`):
-        a backend may take all their locks at once and group their state writes, with
-        the same guarantees per job (an attempt is stored before it runs, a result
-        before the next job starts and before the batch ends)."""
+        """Hold the locks of a batch's jobs (run one by one, each under `locked`) until
+        the batch ends, so the last writes of their attempts (`succeeded`, `failed`)
+        can be committed together: all in one transaction, before any lock is released
+        and before any other write under them (a redelivered job's attempt). A backend
+        may also hold no lock past its job and write each at once."""
+        ...
+
+    def flush(self) -> None:
+        """Commit now the last writes a batch holds back (see `batch`)."""
         ...
 
     def close(self) -> None: ...
@@ -89,12 +103,18 @@ class StateStore(Protocol):
         failed for good starts over, without its old error and reply)."""
         ...
 
-    def succeeded(self, job_id: str, result: dict[str, Any]) -> JobRecord: ...
+    def succeeded(self, job_id: str, result: dict[str, Any], *,
+                  attempt: AttemptRecord | None = None) -> JobRecord:
+        """The attempt succeeded with `result`. `attempt`: the attempt was not recorded
+        when it began (a first delivery, see runner.py): it is recorded now, with it."""
+        ...
 
     def failed(self, job_id: str, attempt: int, error: dict[str, Any],
-               reply: dict[str, Any], *, retrying: bool) -> JobRecord:
+               reply: dict[str, Any], *, retrying: bool, worker: str | None = None
+               ) -> JobRecord:
         """Attempt `attempt` failed: retrying if another is due, else failed for good
-        with `reply` as its stored result."""
+        with `reply` as its stored result. `worker`: the attempt was not recorded when
+        it began, and ran there."""
         ...
 
     def refused(self, job_id: str, error: BaseException) -> JobRecord:
@@ -126,10 +146,13 @@ UNREAD = object()
 
 class _HeldRecords(threading.local):
     """The records of the jobs this thread holds the lock of (job id -> record, None
-    if it has none, or UNREAD)."""
+    if it has none, or UNREAD); which of them a `batch` holds until it ends; and the
+    last writes of their attempts held back for the batch's one commit."""
 
     def __init__(self) -> None:
         self.records: dict[str, object] = {}
+        self.batch_ids: set[str] = set()
+        self.deferred: dict[str, JobRecord] = {}
 
 
 class RecordStore(ABC):
@@ -180,6 +203,13 @@ class RecordStore(ABC):
         an attempt under its lock, which a backend may send with the unlock, as long as
         it is committed before the lock is released."""
 
+    def _write_many(self, records: list[JobRecord]) -> None:
+        """Store the last writes of attempts under their locks (held by a batch), in
+        one transaction, committed before the next write under them or the release of
+        the locks, whichever comes first. This default writes them one by one."""
+        for record in records:
+            self._write(record, final=True)
+
     # --- reading and locking -------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -205,9 +235,29 @@ class RecordStore(ABC):
                 del self._held.records[job_id]
 
     def batch(self, job_ids: Iterable[str]) -> contextlib.AbstractContextManager[None]:
-        """A backend may hold the jobs' locks for the whole batch to group its writes;
+        """A backend may hold the jobs' locks for the whole batch to group its writes
+        (it calls `_begin_batch` once it holds them and `_end_batch` before it lets go);
         the default takes each job's lock in its turn, as `locked` does."""
         return contextlib.nullcontext()
+
+    def _begin_batch(self, job_ids: Iterable[str]) -> None:
+        """The locks of `job_ids` are held until `_end_batch`: their attempts' last
+        writes may wait for it."""
+        self._held.batch_ids.update(job_ids)
+
+    def _end_batch(self, job_ids: Iterable[str]) -> None:
+        """Commit what the batch held back; its locks are about to be released."""
+        try:
+            self.flush()
+        finally:
+            self._held.batch_ids.difference_update(job_ids)
+
+    def flush(self) -> None:
+        deferred = self._held.deferred
+        if deferred:
+            records = list(deferred.values())
+            deferred.clear()
+            self._write_many(records)
 
     def confirm_locked(self, job_id: str) -> None:
         if job_id not in self._held.records:
@@ -215,11 +265,17 @@ class RecordStore(ABC):
 
     def _transition(self, job_id: str, change: Change, *, final: bool = False) -> JobRecord:
         """`change` the record: one write under the job's lock, else a read-modify-write."""
-        if job_id not in self._held.records:
+        held = self._held
+        if job_id not in held.records:
             return self._change(job_id, change)
         record = change(self.get(job_id) or self._new(job_id))
-        self._write(record, final=final)
-        self._held.records[job_id] = record
+        if final and job_id in held.batch_ids:
+            held.deferred[job_id] = record  # committed with the rest of the batch
+        else:
+            if held.deferred:  # what the batch held back goes first
+                self.flush()
+            self._write(record, final=final)
+        held.records[job_id] = record
         return record
 
     # --- the transitions ----------------------------------------------------------------
@@ -248,15 +304,20 @@ class RecordStore(ABC):
         return self._transition(job_id, lambda record: record.evolve(
             status=JobStatus.RUNNING, attempts=attempt, worker=worker, **cleared))
 
-    def succeeded(self, job_id: str, result: dict[str, Any]) -> JobRecord:
+    def succeeded(self, job_id: str, result: dict[str, Any], *,
+                  attempt: AttemptRecord | None = None) -> JobRecord:
+        began: dict[str, Any] = {} if attempt is None else {
+            "attempts": attempt.attempt, "worker": attempt.worker}
         return self._transition(job_id, lambda record: record.evolve(
-            status=JobStatus.SUCCEEDED, result=result, error=None), final=True)
+            status=JobStatus.SUCCEEDED, result=result, error=None, **began), final=True)
 
     def failed(self, job_id: str, attempt: int, error: dict[str, Any],
-               reply: dict[str, Any], *, retrying: bool) -> JobRecord:
+               reply: dict[str, Any], *, retrying: bool, worker: str | None = None
+               ) -> JobRecord:
+        began: dict[str, Any] = {} if worker is None else {"worker": worker}
         return self._transition(job_id, lambda record: record.evolve(
             status=JobStatus.RETRYING if retrying else JobStatus.FAILED, attempts=attempt,
-            error=error, result=None if retrying else reply), final=True)
+            error=error, result=None if retrying else reply, **began), final=True)
 
     def refused(self, job_id: str, error: BaseException) -> JobRecord:
         described = {"class": type(error).__name__, "message": str(error),

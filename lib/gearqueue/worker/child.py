@@ -26,6 +26,7 @@ from typing import Any
 from ..config import ServiceSettings, Settings
 from ..errors import SoftTimeLimitExceeded, StateStoreUnavailable
 from ..log import setup_logging
+from . import testhook
 from .outcome import Outcome
 from .runner import JobRunner
 
@@ -188,7 +189,9 @@ def child_main(conn: Connection, settings: Settings, service: ServiceSettings,
         if not isinstance(message, RunBatch):
             return  # Stop
         try:
-            conn.send(BatchDone(_run_batch(runner, message, progress)))
+            outcomes = _run_batch(runner, message, progress)
+            testhook.reached(testhook.AFTER_STORE)
+            conn.send(BatchDone(outcomes))
         except StateStoreUnavailable as error:
             log.warning("the job-state store failed during a batch; giving it back: %s",
                         error)
@@ -197,7 +200,7 @@ def child_main(conn: Connection, settings: Settings, service: ServiceSettings,
 
 def _run_batch(runner: JobRunner, message: RunBatch, progress: Progress) -> list[Finished]:
     outcomes = []
-    with runner.store.batch(order.job_id for order in message.jobs):  # one commit a job
+    with runner.store.batch(order.job_id for order in message.jobs):  # one commit
         for index, order in enumerate(message.jobs):
             if progress.stop_asked:
                 break

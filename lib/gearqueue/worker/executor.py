@@ -27,12 +27,13 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
-from ..config import ServiceSettings, Settings
+from ..config import ServiceSettings, Settings, check_isolation
 from ..errors import ExecutorDied, ExecutorStartFailed, StateStoreUnavailable
+from ..jobs.base import INLINE
 from .child import (
     BatchDone,
     ChildFailed,
@@ -220,3 +221,50 @@ class Executor:
     @property
     def running(self) -> bool:
         return self._process is not None
+
+
+class JobExecutor(Protocol):
+    """What the loop asks of whatever runs its jobs: the child (`Executor`) or the
+    consumer itself (`inline.InlineExecutor`). The loop never asks which."""
+
+    jobs_done: int
+
+    def start(self, idle: Callable[[], None]) -> None: ...
+    def start_successor(self) -> None: ...
+    def submit(self, jobs: Sequence[JobOrder]) -> None: ...
+    def poll(self, timeout: float) -> list[Finished] | None: ...
+    @property
+    def current(self) -> int: ...
+    def elapsed(self) -> float: ...
+    def stop_after_current(self) -> None: ...
+    def signal_soft_limit(self) -> None: ...
+    def rss_mb(self) -> float: ...
+    def kill(self) -> None: ...
+    def stop(self) -> None: ...
+    def shutdown(self) -> None: ...
+    @property
+    def running(self) -> bool: ...
+
+
+def isolation_of(service: ServiceSettings) -> str:
+    """`process` or `inline`: the section's `isolation`, else the job class's own."""
+    if service.isolation:
+        return service.isolation
+    from ..jobs import load_job
+
+    return load_job(service.job_type).isolation
+
+
+def executor_for(settings: Settings, service: ServiceSettings, identifier: str, *,
+                 keep_alive: Callable[[], None], stop_requested: Callable[[], bool]
+                 ) -> JobExecutor:
+    """The one place where `isolation` is decided: the executor child, or inline.
+    ConfigError if the job type cannot run inline with these settings."""
+    isolation = isolation_of(service)
+    check_isolation(service, isolation, settings.rabbitmq.heartbeat, settings.source)
+    if isolation == INLINE:
+        from .inline import InlineExecutor
+
+        return InlineExecutor(settings, service, identifier, keep_alive=keep_alive,
+                              stop_requested=stop_requested)
+    return Executor(settings, service, identifier)

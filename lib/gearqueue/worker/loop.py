@@ -43,10 +43,10 @@ from ..log import fields
 from ..message import Envelope, decode_payload, envelope_of
 from ..state import open_store
 from ..state.migrate import import_record_files
-from . import settlement
+from . import settlement, testhook
 from .channel import Channel, Delivery
 from .child import Finished, JobOrder
-from .executor import Executor
+from .executor import JobExecutor, executor_for
 from .limits import Kill, Limits, SignalSoftLimit
 from .notify import Notifier
 from .outcome import Outcome
@@ -104,7 +104,7 @@ class BatchResult:
 class Consumer:
     def __init__(self, settings: Settings, job_type: str, *, identifier: str,
                  stop: StopRequest | None = None, notifier: Notifier | None = None,
-                 executor: Executor | None = None,
+                 executor: JobExecutor | None = None,
                  open_channel: Callable[[], Channel] | None = None) -> None:
         """`executor` and `open_channel` are for tests that drive the loop in-process
         (a warm child shared by several, a channel that records what it is asked)."""
@@ -115,7 +115,10 @@ class Consumer:
         self.notifier = notifier or Notifier()
         self.store = open_store(settings, job_type)
         self.limits = Limits(self.service)
-        self.executor = executor or Executor(settings, self.service, identifier)
+        self.executor: JobExecutor = executor or executor_for(
+            settings, self.service, identifier, keep_alive=self._keep_alive_during_batch,
+            stop_requested=lambda: self.stop.requested)
+        self.job_log = settlement.JobLog(self.service)
         self._open_channel = open_channel or (
             lambda: Channel(self.settings, self.service, self.identifier))
         self.channel: Channel | None = None
@@ -160,6 +163,7 @@ class Consumer:
         finally:
             self.notifier.stopping()
             self.executor.shutdown()
+            self.job_log.flush()
             log.info("stopped")
 
     def serve(self, channel: Channel) -> None:
@@ -289,7 +293,7 @@ class Consumer:
             channel.stop_consuming()
         done = settlement.plan(self.service, result.settled, result.unstarted)
         self._carry_out(channel, done)
-        settlement.log_settled(self.service, done)
+        self.job_log.settled(done)
         if result.store_fault is not None:
             self._wait_for_store(channel, result.store_fault, len(result.unstarted))
 
@@ -404,20 +408,28 @@ class Consumer:
                | HardTimeLimitExceeded | MemoryLimitExceeded) -> BatchResult:
         """The child is gone in the middle of a batch, at job `index`.
 
-        Jobs before it finished and stored their outcomes; so may the job at it, just
-        before the child died (its record says). Otherwise that job failed with
-        `error`, recorded here since the child cannot. The jobs after it never started.
+        Jobs before it finished; their outcomes are stored unless the batch's commit
+        was still to come (runner.py), and then they go back to the queue untouched, to
+        run again as redeliveries (their first attempt counted). The job at it may have
+        stored its outcome just before the child died (its record says); otherwise it
+        failed with `error`, recorded here since the child cannot. The jobs after it
+        never started.
         """
         seconds = time.monotonic() - batch.started
         settled: list[Settled] = []
-        for job in batch.jobs[:index + 1]:
+        unstarted: list[Delivery] = []
+        for position, job in enumerate(batch.jobs[:index + 1]):
             job_id = job.envelope.job_id
             outcome = Outcome.from_record(self.store.get(job_id), reused=False,
                                           since=batch.handed_at)
+            if outcome is None and position < index:
+                unstarted.append(job.delivery)
+                continue
             settled.append(Settled(job.delivery, job.envelope,
                                    outcome or self._failed_outside(job_id, job.payload, error),
                                    seconds))
-        return BatchResult(settled, [job.delivery for job in batch.jobs[index + 1:]])
+        return BatchResult(settled, unstarted + [job.delivery
+                                                 for job in batch.jobs[index + 1:]])
 
     def _reject(self, delivery: Delivery, error: InvalidMessage) -> None:
         """A message that cannot become a job: a clear error in its reply and its state,
@@ -449,6 +461,7 @@ class Consumer:
             elif isinstance(step, GiveBack):
                 channel.requeue(step.delivery)
             elif isinstance(step, Ack):
+                testhook.reached(testhook.AFTER_REPLY)
                 channel.ack(step.delivery, multiple=step.multiple)
 
     def _channel_of(self, delivery: Delivery) -> Channel:
@@ -473,6 +486,12 @@ class Consumer:
         return load_job(self.service.job_type)(self.settings)
 
     # --- between batches -------------------------------------------------------------
+
+    def _keep_alive_during_batch(self) -> None:
+        """Between the jobs of an inline batch: a lost broker lets the batch finish
+        (its results are stored, and their redeliveries reply from them)."""
+        with contextlib.suppress(BrokerUnavailable):
+            self._keep_alive()
 
     def _keep_alive(self) -> None:
         self.notifier.watchdog()

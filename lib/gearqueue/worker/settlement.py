@@ -1,6 +1,6 @@
 """What finished attempts mean on the wire: one ordered plan of publishes, replies, acks.
 
-`plan` is the only place where outcomes become steps, and `log_settled` the only place
+`plan` is the only place where outcomes become steps, and `JobLog` the only place
 where they are described for the log. The consumer loop carries a plan out against its
 channel, step by step, and does nothing else with an outcome.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -149,14 +150,53 @@ def _steps_of(service: ServiceSettings, job: Settled) -> list[Step]:
     return steps
 
 
-def log_settled(service: ServiceSettings, done: Plan) -> None:
-    """One INFO line per job of a carried-out plan, with structured fields."""
-    for job in done.settled:
-        described = job.verdict.value
-        duration_ms = round(job.seconds * 1000)
-        job_id = job.envelope.job_id
-        log.info("job %s %s (attempt %d, %d ms)", job_id, described,
-                 job.outcome.attempt, duration_ms, extra=fields(
-                     job_id=job_id, job_type=service.job_type, queue=service.queue,
-                     attempt=job.outcome.attempt, duration_ms=duration_ms,
-                     outcome=described))
+#: The most seconds between two lines that count the quick jobs (see JobLog).
+QUICK_JOBS_EVERY_SECONDS = 10.0
+
+
+class JobLog:
+    """The log lines of settled jobs: one a job, with structured fields, at INFO, or at
+    DEBUG for a job that succeeded in under `log_quick_jobs_ms`, which an INFO line
+    then counts, at most every QUICK_JOBS_EVERY_SECONDS and at the end (`flush`):
+    "settled N quick jobs" with GEAR_QUICK_JOBS=N. So every job is counted at INFO:
+    the job lines plus the sum of GEAR_QUICK_JOBS (docs/operations.md)."""
+
+    def __init__(self, service: ServiceSettings) -> None:
+        self.service = service
+        self._quick_below = service.log_quick_jobs_ms / 1000
+        self._quick = 0
+        self._counted_at = time.monotonic()
+
+    def settled(self, done: Plan) -> None:
+        """Log each job of a carried-out plan."""
+        service = self.service
+        for job in done.settled:
+            verdict = job.verdict
+            quick = verdict is Verdict.SUCCEEDED and job.seconds < self._quick_below
+            if quick:
+                self._quick += 1
+                if not log.isEnabledFor(logging.DEBUG):
+                    continue
+            described = verdict.value
+            duration_ms = round(job.seconds * 1000)
+            job_id = job.envelope.job_id
+            log.log(logging.DEBUG if quick else logging.INFO,
+                    "job %s %s (attempt %d, %d ms)", job_id, described,
+                    job.outcome.attempt, duration_ms, extra=fields(
+                        job_id=job_id, job_type=service.job_type, queue=service.queue,
+                        attempt=job.outcome.attempt, duration_ms=duration_ms,
+                        outcome=described))
+        if self._quick and time.monotonic() - self._counted_at > QUICK_JOBS_EVERY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """The INFO line that counts the quick jobs logged at DEBUG since the last one."""
+        self._counted_at = time.monotonic()
+        if not self._quick:
+            return
+        count, self._quick = self._quick, 0
+        log.info("settled %d quick jobs (each under %d ms, at DEBUG)", count,
+                 self.service.log_quick_jobs_ms, extra=fields(
+                     job_type=self.service.job_type, queue=self.service.queue,
+                     quick_jobs=count))
+
