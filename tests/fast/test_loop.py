@@ -80,11 +80,11 @@ def test_a_retried_message_is_dead_lettered_when_its_retries_are_spent(consumer,
     assert (record.status, record.attempts) == (JobStatus.FAILED, 2)
 
 
-def test_a_crash_mid_batch_fails_that_job_and_gives_back_the_others(
+def test_a_crash_mid_batch_settles_before_fails_at_and_gives_back_after(
         process_consumer, tag) -> None:
-    """The batch's results are committed together, so the jobs before the crash have
-    none stored: they go back to the queue untouched, as the ones after it do, and run
-    again as redeliveries (counted). Only the job that crashed has an attempt stored."""
+    """In an executor child each job's attempt is stored before it runs, which commits
+    the result of the job before it: after the crash, the jobs before it are settled
+    from their records, the job at it fails, the ones after it go back untouched."""
     loop, channel = process_consumer()
     ids = [f"{tag}-{n}" for n in range(5)]
     for n, job_id in enumerate(ids):
@@ -92,16 +92,18 @@ def test_a_crash_mid_batch_fails_that_job_and_gives_back_the_others(
     # The given-back ones would come again; here the burst ends with them given back.
     loop.serve(channel)  # type: ignore[arg-type]
     events = order(channel)
-    assert events[:6] == [("publish", ids[2]), ("requeue", ids[0]), ("requeue", ids[1]),
-                          ("requeue", ids[3]), ("requeue", ids[4]), ("ack", ids[2])]
+    assert events[:5] == [("reply", ids[0]), ("reply", ids[1]), ("publish", ids[2]),
+                          ("requeue", ids[3]), ("requeue", ids[4])]
+    assert events[5] == ("ack", ids[2]) and channel.of("ack")[0].multiple
     retry = channel.of("publish")[0]
     assert retry.headers["x-gear-error-class"] == "ExecutorCrashed"
     assert "executor child died" in retry.headers["x-gear-error-message"]
+    assert replies(channel)[ids[1]] == {"success": 1, "echo": 1, "attempt": 1}
     records = store(loop.settings)
-    crashed = records.require(ids[2])
-    assert (crashed.status, crashed.attempts) == (JobStatus.RETRYING, 1)
-    assert all(records.get(ids[n]) is None for n in (0, 1, 3, 4))
-    assert channel.acked_tags() == {3}
+    assert [records.require(job_id).status for job_id in ids[:3]] == [
+        JobStatus.SUCCEEDED, JobStatus.SUCCEEDED, JobStatus.RETRYING]
+    assert records.get(ids[3]) is None and records.get(ids[4]) is None  # never started
+    assert channel.acked_tags() == {1, 2, 3}
 
 
 def test_a_redelivered_job_after_a_crash_counts_the_attempt_that_left_no_record(
@@ -133,7 +135,7 @@ def test_a_time_limit_mid_batch_fails_that_job_alone(consumer, isolation, tag) -
         channel.deliver(body(data=n, **({"sleep": 20} if n == 1 else {})), job_id)
     loop.serve(channel)  # type: ignore[arg-type]
     if isolation == "process":
-        assert order(channel)[:4] == [("publish", ids[1]), ("requeue", ids[0]),
+        assert order(channel)[:4] == [("reply", ids[0]), ("publish", ids[1]),
                                       ("requeue", ids[2]), ("ack", ids[1])]
         assert store(loop.settings).get(ids[2]) is None
     else:

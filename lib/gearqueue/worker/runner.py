@@ -7,7 +7,9 @@ the ack, so a redelivery finds it; and every attempt that may run again is count
 
 - A message delivered for the first time (not redelivered, no x-gear-attempt header)
   whose job has no stored attempt (none, or the client's `queued` record) cannot have
-  run before, so its attempt 1 is recorded together with its result: one write a job.
+  run before, so with `isolation = inline` (short jobs) its attempt 1 is recorded
+  together with its result: one write a job. In an executor child (`process`: long
+  jobs, whose record must say `running` while they run) it is recorded before the run.
   If it kills its process, its message comes back redelivered, and then:
 - a redelivered or retried message always records its attempt *before* it runs, and
   an earlier attempt that left no record counts as one in its number (only recorded
@@ -110,7 +112,10 @@ class JobRunner:
                 return self._replay(record)
             unrun = record is None or (record.status is JobStatus.QUEUED
                                        and record.attempts == 0)
-            if fresh and unrun:  # no earlier attempt can have run: recorded with the result
+            if fresh and unrun and not self.isolated:
+                # No earlier attempt can have run: recorded with the result. Not in an
+                # executor child: its jobs are the long ones, whose record must say
+                # `running` while they run (status, watch, the operator's tools).
                 return self._run(job_id, 1, payload, began=False)
             recorded = 0 if restart or record is None else record.attempts
             # An attempt that left no record counts as one in the attempt's number, but
