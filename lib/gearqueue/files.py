@@ -88,22 +88,32 @@ def exclusive(path: Path, *, purpose: str) -> Iterator[bool]:
     never deleted: deleting one while another process waits on it would let a third
     process lock a new file of the same name at the same time.
     """
+    descriptor = open_lock_file(path, purpose=purpose, mode=0o664)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
-    except OSError as error:
-        raise TransientJobError(f"cannot create lock file for {purpose}: {error}") from None
-    try:
-        waited = False
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for the lock on %s (%s)", path, purpose)
-            waited = True
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield waited
+        yield lock_waiting(descriptor, path, purpose=purpose)
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def open_lock_file(path: Path, *, purpose: str, mode: int) -> int:
+    """A descriptor of lock file `path` (created with `mode` if absent, and its folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    except OSError as error:
+        raise TransientJobError(f"cannot create lock file for {purpose}: {error}") from None
+
+
+def lock_waiting(descriptor: int, path: Path, *, purpose: str) -> bool:
+    """flock `descriptor` exclusively, saying so in the log when another holder has it
+    first; True if it had to wait."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("waiting for the lock on %s (%s)", path, purpose)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        return True
+    return False
 
 
 def temp_prefix(final: Path) -> str:

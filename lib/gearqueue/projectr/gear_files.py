@@ -18,17 +18,13 @@ deletes (two gEAR processes have the same race with each other).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TransientJobError
+from ..files import lock_waiting, open_lock_file
 from .outputs import ProjectionFiles
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,18 +45,9 @@ def gear_lock(path: Path, *, purpose: str) -> Iterator[bool]:
     """Hold gEAR's lock file `path`; yields True if another holder had to be waited for."""
     waited = False
     while True:
+        descriptor = open_lock_file(path, purpose=purpose, mode=0o666)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as error:
-            raise TransientJobError(f"cannot create lock file for {purpose}: {error}") from None
-        try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for the lock on %s (%s)", path, purpose)
-                waited = True
-                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            waited = lock_waiting(descriptor, path, purpose=purpose) or waited
             if not _still_named(descriptor, path):
                 continue  # the holder deleted it: lock the file now at that name
             os.ftruncate(descriptor, 0)
