@@ -59,7 +59,10 @@ class Fleet:
         """/etc/gear/gear.ini as an operator would write it; `echo={"workers": 3}`."""
         lines = ["[rabbitmq]", f"url = {url}", "heartbeat = 10", "reconnect_max_delay = 1", ""]
         for job_type in JOB_TYPES:
-            values = {"queue": self.queue(job_type), "retry_backoff": 0.2,
+            # echo in its executor child: these tests are about long jobs, the watchdog
+            # and STATUS lines of a job running beside the main loop.
+            isolation = {"isolation": "process"} if job_type == "echo" else {}
+            values = {"queue": self.queue(job_type), "retry_backoff": 0.2, **isolation,
                       **services.get(job_type, {})}
             lines += [f"[{job_type}_service]", *(f"{k} = {v}" for k, v in values.items()), ""]
         self.ns.write_file(CONFIG, "\n".join(lines), mode="0640")

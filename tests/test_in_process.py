@@ -36,7 +36,7 @@ def test_failures_are_final_in_process(client: Client, fail: str) -> None:
     record = client.status("echo", job_id)
     assert record.status is JobStatus.FAILED and record.attempts == 1
     if fail == "crash":  # never kills the caller
-        assert "needs an executor child" in reply["message"]
+        assert "needs a consumer" in reply["message"]
 
 
 def test_bad_payload_fails_with_the_same_messages_as_the_consumer(client: Client) -> None:

@@ -108,6 +108,13 @@ def process_consumer(fast_settings: Settings, warm_executor: Executor) -> Consum
 
 
 @pytest.fixture
+def inline_consumer(fast_settings: Settings, inline_executor: InlineExecutor
+                    ) -> ConsumerFactory:
+    """Only for what is inline's alone."""
+    return _factory(fast_settings, inline_executor)
+
+
+@pytest.fixture
 def isolation(consumer: ConsumerFactory, request: pytest.FixtureRequest) -> str:
     """The isolation the `consumer` fixture runs this test with."""
     return str(request.node.callspec.params["consumer"])

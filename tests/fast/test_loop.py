@@ -106,14 +106,28 @@ def test_a_crash_mid_batch_settles_before_fails_at_and_gives_back_after(
     assert channel.acked_tags() == {1, 2, 3}
 
 
-def test_a_redelivered_job_after_a_crash_counts_the_attempt_that_left_no_record(
-        consumer, tag) -> None:
-    loop, channel = consumer()
+def test_inline_a_redelivered_job_counts_the_attempt_that_left_no_record(
+        inline_consumer, tag) -> None:
+    """Inline, a first delivery is recorded with its result: a redelivery with no
+    record may follow a crash of that first attempt, so it counts it."""
+    loop, channel = inline_consumer()
     job_id = f"{tag}-again"
     channel.deliver(body(data=1), job_id, redelivered=True)
     loop.serve(channel)  # type: ignore[arg-type]
     assert replies(channel)[job_id] == {"success": 1, "echo": 1, "attempt": 2}
     assert store(loop.settings).require(job_id).attempts == 2
+
+
+def test_in_a_child_a_redelivered_job_with_no_record_never_ran_and_counts_nothing(
+        process_consumer, tag) -> None:
+    """In an executor child every attempt is recorded before it runs: a redelivery with
+    no record was given back unstarted (a stop, a crash earlier in its batch)."""
+    loop, channel = process_consumer()
+    job_id = f"{tag}-given-back"
+    channel.deliver(body(data=1), job_id, redelivered=True)
+    loop.serve(channel)  # type: ignore[arg-type]
+    assert replies(channel)[job_id] == {"success": 1, "echo": 1, "attempt": 1}
+    assert store(loop.settings).require(job_id).attempts == 1
 
 
 def test_a_first_delivery_is_recorded_once_with_its_result(consumer, tag) -> None:

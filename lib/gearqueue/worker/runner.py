@@ -11,11 +11,12 @@ the ack, so a redelivery finds it; and every attempt that may run again is count
   together with its result: one write a job. In an executor child (`process`: long
   jobs, whose record must say `running` while they run) it is recorded before the run.
   If it kills its process, its message comes back redelivered, and then:
-- a redelivered or retried message always records its attempt *before* it runs, and
-  an earlier attempt that left no record counts as one in its number (only recorded
-  attempts use up retries, since a message given back unstarted is redelivered too):
-  a message that kills its consumer is counted from its second delivery on, and is
-  dead-lettered after max_retries + 1 crashes, as before.
+- a redelivered or retried message always records its attempt *before* it runs;
+  inline, an earlier attempt that left no record counts as one in its number (only
+  recorded attempts use up retries, since a message given back unstarted is
+  redelivered too): a message that kills its consumer is counted from its second
+  delivery on, and is dead-lettered after max_retries + 1 crashes, as before. In an
+  executor child a delivery that left no record never started, and counts for nothing.
 
 In a batch, the result of a fresh job that ran under `HOLD_RESULT_SECONDS` waits for
 the batch's one commit (store.batch); a redelivered job's is committed at once, so a
@@ -118,11 +119,15 @@ class JobRunner:
                 # `running` while they run (status, watch, the operator's tools).
                 return self._run(job_id, 1, payload, began=False)
             recorded = 0 if restart or record is None else record.attempts
-            # An attempt that left no record counts as one in the attempt's number, but
-            # only recorded attempts use up retries: a message given back unstarted (a
-            # stop, a crash later in its batch) comes back redelivered too, and must
-            # not be dead-lettered without having run.
-            attempt = (recorded if fresh else max(recorded, 1)) + 1
+            # Inline, a redelivery's earlier attempt may have run and left no record (a
+            # first delivery is recorded with its result): it counts as one in the
+            # attempt's number. In an executor child every attempt is recorded before it
+            # runs, so one that left no record never started (given back by a stop, a
+            # crash earlier in its batch, a store outage) and counts for nothing. Only
+            # recorded attempts use up retries either way: a message given back
+            # unstarted must not be dead-lettered without having run.
+            unrecorded = 0 if fresh or self.isolated else 1
+            attempt = max(recorded, unrecorded) + 1
             if recorded + 1 > self.service.max_retries + 1:
                 last = (record.error or {}).get("message") if record else None
                 error = AttemptsExhausted(f"gave up after {recorded} attempts"
