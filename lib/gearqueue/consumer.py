@@ -94,7 +94,9 @@ class Consumer:
         try:
             while not self.stop.requested:
                 try:
-                    self.session = Session(self.settings, self.service, self.identifier)
+                    lost = self.session.url if self.session is not None else None
+                    self.session = Session(self.settings, self.service, self.identifier,
+                                           avoid=lost)
                 except TopologyMismatch:
                     raise
                 except BrokerUnavailable as error:

@@ -29,7 +29,7 @@ import pika
 import pika.exceptions as pe
 
 from . import topology
-from .broker import close_quietly, connect, server_version
+from .broker import close_quietly, connect, connected_url, server_version
 from .config import ServiceSettings, Settings, mask_url
 from .errors import BrokerUnavailable, ConfigError
 from .session import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
@@ -154,14 +154,13 @@ def _check_queue(connection: pika.BlockingConnection, name: str,
 def check_service(connection: pika.BlockingConnection, service: ServiceSettings
                   ) -> Iterator[Finding]:
     """Topology, consumers and dead letters of one job type."""
-    retry_arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": service.queue}
     missing = []
     findings = []
     frames = {}
     queues = [(service.queue, topology.main_queue_arguments(service))]
-    queues += [(topology.retry_queue(service, attempt), retry_arguments)
+    queues += [(topology.retry_queue(service, attempt), topology.retry_queue_arguments(service))
                for attempt in range(1, service.max_retries + 1)]
-    queues.append((topology.dead_queue(service), None))
+    queues.append((topology.dead_queue(service), topology.dead_queue_arguments(service)))
     for name, arguments in queues:
         finding, frames[name] = _check_queue(connection, name, arguments)
         if frames[name] is None:
@@ -222,9 +221,7 @@ def _diagnose_broker(settings: Settings, urls: tuple[str, ...],
         return
     try:
         version = server_version(connection)
-        params = connection._impl.params
-        url = next((u for u in urls if urlparse(u).hostname == params.host
-                    and (urlparse(u).port or 5672) == params.port), urls[0])
+        url = connected_url(connection, urls)
         yield Finding(Level.OK, "broker", f"{mask_url(url)}: RabbitMQ "
                       f"{'.'.join(map(str, version)) or '?'}")
         if any(service.queue_type == "quorum" for service in services) and version < (3, 8):

@@ -22,7 +22,7 @@ import pika
 from pika.spec import Basic, BasicProperties
 
 from . import topology
-from .broker import close_quietly, connect, converted_errors, server_version
+from .broker import close_quietly, connect, connected_url, converted_errors, server_version
 from .config import ServiceSettings, Settings
 from .errors import BrokerUnavailable
 
@@ -65,11 +65,15 @@ class Delivery:
 
 
 class Session:
-    def __init__(self, settings: Settings, service: ServiceSettings, name: str) -> None:
+    def __init__(self, settings: Settings, service: ServiceSettings, name: str, *,
+                 avoid: str | None = None) -> None:
+        """`avoid`: the broker URL of the session before, lost: tried last."""
         self.service = service
         self.pending: deque[Delivery] = deque()
         self.cancelled = False
-        self.connection = connect(settings, service.job_type, name)
+        self.connection = connect(settings, service.job_type, name, avoid=avoid)
+        #: The broker URL (of [rabbitmq] url's list) this session is connected to.
+        self.url = connected_url(self.connection, settings.broker_urls(service.job_type))
         try:
             with converted_errors("opening channels"):
                 self.consume_channel = self.connection.channel()
