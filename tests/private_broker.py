@@ -12,7 +12,7 @@ Why the AMQP listener is set in rabbitmq.conf and not with RABBITMQ_NODE_IP_ADDR
 RABBITMQ_NODE_PORT: with both variables set, RabbitMQ 3.10 starts the listener twice
 and fails to boot with eaddrinuse.
 
-Nodes of a cluster (tests/cluster.py) share one epmd and one Erlang cookie, which the
+Nodes of a cluster (tests/private_cluster.py) share one epmd and one Erlang cookie, which the
 cluster passes in (`epmd_port`, `cookie`); a node may also listen on addresses of the
 test's own besides 127.0.0.1 (`addresses`, e.g. a test bridge's), never on 0.0.0.0.
 """

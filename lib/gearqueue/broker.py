@@ -11,9 +11,10 @@ node, overloading it and all failing over together when it goes. The node a proc
 just lost is tried last (`avoid`): a node that is down may cost a connect timeout,
 which would come straight on top of the failover time.
 
-pika logs each failed connect as a cascade of ERROR lines ending in a traceback; those
-are held back here (on the connecting thread only) and said once instead: one WARNING
-per node that refused or did not answer, one INFO naming the node connected to.
+pika logs each failed connect, and each lost connection, as a cascade of ERROR lines
+ending in a traceback; those are held back here (on the calling thread only) and said
+once instead: one WARNING per node that refused or did not answer, one INFO naming the
+node connected to; a lost connection is the caller's one BrokerUnavailable line.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def connection_parameters(settings: Settings, job_type: str,
     return result
 
 
-#: The pika loggers that report a failed connect (each record is said again by us).
-PIKA_CONNECT_LOGGERS = (
+#: The pika loggers that report a failed connect or a lost connection.
+PIKA_LOGGERS = (
     "pika.adapters.utils.io_services_utils", "pika.adapters.utils.connection_workflow",
     "pika.adapters.base_connection", "pika.adapters.blocking_connection", "pika.connection",
+    "pika.channel",
 )
 
 
@@ -103,7 +105,7 @@ def connect(settings: Settings, job_type: str, name: str = "gearqueue", *,
     failed: list[str] = []
     for url in connect_order(urls, avoid):
         try:
-            with _pika_connect_errors_held_back():
+            with pika_errors_said_by_us():
                 connection = pika.BlockingConnection(parameters[url])
         except pe.ProbableAuthenticationError as error:
             reason = f"refused the login ({describe_connect_error(error)})"
@@ -135,33 +137,44 @@ def connected_url(connection: pika.BlockingConnection, urls: tuple[str, ...]) ->
 
 def describe_connect_error(error: BaseException) -> str:
     """pika's connect errors in one line (their str() is often empty)."""
-    return "; ".join(str(arg) for arg in error.args) or type(error).__name__
+    return "; ".join(str(arg) or repr(arg) for arg in error.args) or type(error).__name__
 
 
-class _OtherThreads(logging.Filter):
-    """Lets through records of other threads and anything below WARNING."""
+class _HeldBack(logging.Filter):
+    """Holds back WARNING+ records of this thread; other threads' pass through."""
 
     def __init__(self) -> None:
         super().__init__()
         self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.thread != self.thread or record.levelno < logging.WARNING
+        if record.thread != self.thread or record.levelno < logging.WARNING:
+            return True
+        self.records.append(record)
+        return False
 
 
 @contextlib.contextmanager
-def _pika_connect_errors_held_back() -> Iterator[None]:
-    """pika's ERROR lines and traceback of a failed connect, held back on this thread
-    for as long as it connects: `connect` says what happened in one line instead."""
-    held_back = _OtherThreads()
-    loggers = [logging.getLogger(name) for name in PIKA_CONNECT_LOGGERS]
+def pika_errors_said_by_us() -> Iterator[None]:
+    """Hold back pika's WARNING and ERROR lines (and tracebacks) on this thread while a
+    broker operation runs. If it raises, gearqueue says what happened in one line (the
+    error converted here, or `connect`'s WARNING), so they are dropped; if it does not,
+    they are logged after all, and nothing pika had to say is lost."""
+    held_back = _HeldBack()
+    loggers = [logging.getLogger(name) for name in PIKA_LOGGERS]
     for logger in loggers:
         logger.addFilter(held_back)
     try:
         yield
+    except BaseException:
+        held_back.records.clear()
+        raise
     finally:
         for logger in loggers:
             logger.removeFilter(held_back)
+        for record in held_back.records:
+            logging.getLogger(record.name).handle(record)
 
 
 def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
@@ -183,9 +196,11 @@ def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def converted_errors(what: str) -> Iterator[None]:
-    """Turn pika's exceptions into gearqueue's, naming what we were doing."""
+    """Turn pika's exceptions into gearqueue's, naming what we were doing (pika's own
+    lines about it are not repeated: `pika_errors_said_by_us`)."""
     try:
-        yield
+        with pika_errors_said_by_us():
+            yield
     except pe.UnroutableError as error:
         raise UnroutableError(f"{what}: message was returned as unroutable "
                               f"(no queue bound): {error}") from None
