@@ -6,8 +6,8 @@ log folders under the cluster's temp folder); they share one epmd (on a port of 
 The shared broker on 5672 is never involved.
 
 Start-up is paid once per test package and kept short: the three nodes boot at the same
-time, then the second and third join the first (stop_app, join_cluster, start_app),
-also at the same time.
+time, the second and third stop their app at the same time, then join the first and
+start again one after the other (concurrent joins can fail in mnesia).
 """
 
 from __future__ import annotations
@@ -61,9 +61,14 @@ class PrivateCluster:
             node.launch()
         for node in self.nodes:
             node.wait_ready(timeout)
-        seed = self.nodes[0]
-        with ThreadPoolExecutor(len(self.nodes) - 1) as pool:
-            list(pool.map(lambda node: self._join(node, seed), self.nodes[1:]))
+        seed, *joining = self.nodes
+        with ThreadPoolExecutor(len(joining)) as pool:
+            list(pool.map(lambda node: self._ctl(node, "stop_app"), joining))
+        # One at a time from here: two nodes starting their app as they join at the same
+        # moment can fail in mnesia ({badmatch, {error, {normal, {mnesia_app, ...}}}}).
+        for node in joining:
+            self._ctl(node, "join_cluster", seed.node)
+            self._ctl(node, "start_app")
         members = self.running_nodes()
         if sorted(members) != sorted(node.node for node in self.nodes):
             raise ClusterError(f"cluster did not form: running nodes {members}")
@@ -71,12 +76,11 @@ class PrivateCluster:
         return self
 
     @staticmethod
-    def _join(node: PrivateBroker, seed: PrivateBroker) -> None:
-        for command in (("stop_app",), ("join_cluster", seed.node), ("start_app",)):
-            result = node.ctl(*command, timeout=120)
-            if result.returncode != 0:
-                raise ClusterError(f"{node.node}: rabbitmqctl {' '.join(command)} failed: "
-                                   f"{result.stderr or result.stdout}")
+    def _ctl(node: PrivateBroker, *command: str) -> None:
+        result = node.ctl(*command, timeout=120)
+        if result.returncode != 0:
+            raise ClusterError(f"{node.node}: rabbitmqctl {' '.join(command)} failed: "
+                               f"{result.stderr or result.stdout}")
 
     def close(self) -> None:
         """Stop every node, then the shared epmd; only processes started here are ended."""
@@ -135,38 +139,20 @@ class PrivateCluster:
                 return node
         raise ClusterError(f"{name} is not a node of this cluster")
 
-    def queue_leader(self, queue: str) -> PrivateBroker:
-        """The node that holds a quorum queue's leader (or a classic queue's process)."""
-        result = self.any_running().ctl("list_queues", "name", "leader", "node",
-                                        "--formatter", "json", "--no-table-headers")
+    def queues(self) -> dict[str, dict[str, Any]]:
+        """Name -> {type, leader} of every queue, from `rabbitmqctl list_queues`."""
+        result = self.any_running().ctl("list_queues", "name", "type", "leader",
+                                        "--formatter", "json")
         if result.returncode != 0:
             raise ClusterError(f"list_queues failed: {result.stderr or result.stdout}")
-        for row in json.loads(result.stdout):
-            if row["name"] == queue:
-                return self.node_named(row.get("leader") or row["node"])
-        raise ClusterError(f"no queue {queue!r} on the cluster")
+        return {row["name"]: row for row in json.loads(result.stdout)}
+
+    def queue_leader(self, queue: str) -> PrivateBroker:
+        """The node that holds a quorum queue's leader."""
+        return self.node_named(self.queues()[queue]["leader"])
 
     def queue_type_of(self, queue: str) -> str:
-        result = self.any_running().ctl("list_queues", "name", "type", "--formatter", "json",
-                                        "--no-table-headers")
-        for row in json.loads(result.stdout):
-            if row["name"] == queue:
-                return str(row["type"])
-        raise ClusterError(f"no queue {queue!r} on the cluster")
-
-    def connection_node(self, connection_name: str) -> PrivateBroker | None:
-        """The node a client connection (by its connection_name) is connected to."""
-        result = self.any_running().ctl("list_connections", "client_properties", "node",
-                                        "--formatter", "json", "--no-table-headers")
-        if result.returncode != 0:
-            return None
-        for row in json.loads(result.stdout):
-            properties = row.get("client_properties") or []
-            names = [value for key, _, value in properties if key == "connection_name"] \
-                if isinstance(properties, list) else []
-            if connection_name in names:
-                return self.node_named(row["node"])
-        return None
+        return str(self.queues()[queue]["type"])
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
