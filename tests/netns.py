@@ -1,6 +1,6 @@
 """Several "hosts" on one machine: network namespaces on a test bridge of their own.
 
-A `TestNetwork` is one Linux bridge in the root namespace with an address of the test's
+A `HostNetwork` is one Linux bridge in the root namespace with an address of the test's
 own (10.213.N.1/24, N picked so that no interface of this machine uses 10.213.N.0/24)
 and no other port than the veths of its hosts: nothing outside the machine is put on
 it, and no route, NAT or forwarding rule is added. Each `NetHost` is a network
@@ -74,7 +74,7 @@ class NetHost:
 
 
 @dataclass
-class TestNetwork:
+class HostNetwork:
     """The bridge and the hosts of one test run; `close` removes all of it."""
 
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
@@ -93,7 +93,7 @@ class TestNetwork:
         """The bridge's own address: where the hosts reach services of the machine."""
         return f"{SUBNET_PREFIX}.{self.subnet}.1"
 
-    def open(self) -> TestNetwork:
+    def open(self) -> HostNetwork:
         ip("link", "add", self.bridge, "type", "bridge")
         self.bridge_up = True
         self.made.append(self.bridge)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 from chaos.harness import Fleet
-from netns import NetHost, TestNetwork
+from netns import HostNetwork, NetHost
 from private_cluster import PrivateCluster
 
 
 @pytest.fixture(scope="package")
-def test_network() -> Iterator[TestNetwork]:
-    network = TestNetwork().open()
+def host_network() -> Iterator[HostNetwork]:
+    network = HostNetwork().open()
     try:
         yield network
     finally:
@@ -27,9 +27,9 @@ def test_network() -> Iterator[TestNetwork]:
 
 @pytest.fixture(scope="package")
 def private_cluster(tmp_path_factory: pytest.TempPathFactory,
-                    test_network: TestNetwork) -> Iterator[PrivateCluster]:
+                    host_network: HostNetwork) -> Iterator[PrivateCluster]:
     cluster = PrivateCluster(tmp_path_factory.mktemp("private-cluster"),
-                             addresses=(test_network.address,))
+                             addresses=(host_network.address,))
     try:
         cluster.start()
         print(f"\nprivate cluster of {len(cluster.nodes)} nodes up in "
@@ -59,14 +59,14 @@ def cluster_config(make_config, cluster: PrivateCluster) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def hosts(test_network: TestNetwork) -> Iterator[list[NetHost]]:
+def hosts(host_network: HostNetwork) -> Iterator[list[NetHost]]:
     """Two hosts (namespaces) on the test bridge, removed after the test."""
-    made = [test_network.add_host(), test_network.add_host()]
+    made = [host_network.add_host(), host_network.add_host()]
     try:
         yield made
     finally:
         for host in made:
-            test_network.remove_host(host)
+            host_network.remove_host(host)
 
 
 @pytest.fixture
