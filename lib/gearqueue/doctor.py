@@ -11,6 +11,9 @@ that (time_limit 0, or above it) is warned about, unless the broker is 3.12+, wh
 the consumer asks for its own x-consumer-timeout. AMQP does not expose the value, so
 it is read with `rabbitmqctl environment` when the broker runs on this host (and the
 node found there listens on the configured port); otherwise the default is assumed.
+
+Every node of the cluster behind [rabbitmq] url is listed with its state (running,
+alarms, partitions) and a fix for each problem: gearqueue.cluster_status.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pika.exceptions as pe
 
 from . import topology
 from .broker import close_quietly, connect, connected_url, server_version
+from .cluster_status import cluster_findings
 from .config import ServiceSettings, Settings, mask_url
 from .errors import BrokerUnavailable, ConfigError
 from .session import CONSUMER_TIMEOUT_MARGIN, CONSUMER_TIMEOUT_SINCE, consumer_arguments
@@ -224,6 +228,8 @@ def _diagnose_broker(settings: Settings, urls: tuple[str, ...],
         url = connected_url(connection, urls)
         yield Finding(Level.OK, "broker", f"{mask_url(url)}: RabbitMQ "
                       f"{'.'.join(map(str, version)) or '?'}")
+        for level, subject, message in cluster_findings(urls, environ):
+            yield Finding(Level(level), subject, message)
         if any(service.queue_type == "quorum" for service in services) and version < (3, 8):
             yield Finding(Level.FAIL, "broker", "queue_type = quorum needs RabbitMQ 3.8+")
         timeout = read_consumer_timeout(url, environ)
