@@ -123,8 +123,11 @@ write_dev_config() {
 
 install_dev() {
     apt_install "${APT_PACKAGES[@]}"
+    # The tests of the PostgreSQL job-state backend use the server at 127.0.0.1:5432 and
+    # start private clusters of their own with initdb + pg_ctl.
+    apt_install postgresql-15
     ensure_broker
-    ensure_venv "$HERE/.venv" "r,h5ad,systemd,test"
+    ensure_venv "$HERE/.venv" "r,h5ad,figures,systemd,postgresql,test"
     write_dev_config
     mkdir -p "$HERE"/var/{state,datasets,carts,projections,uploads,exports}
     log "done: .venv ready, gear.ini in $HERE"
@@ -137,7 +140,7 @@ DATA_DIR=/var/lib/gear
 UNIT_DIR=/etc/systemd/system
 BIN_LINK=/usr/local/bin/gearqueue
 GEAR_USER=gear
-TYPES=(projectr dataset-import export echo)
+TYPES=()  # the job types, dashed as in unit names: read from the venv (load_job_types)
 # First line of every file we install, so --uninstall removes ours and nothing else.
 MARK="# Installed by gearqueue install.sh; edit the source in systemd/ and re-run it."
 
@@ -170,6 +173,33 @@ from gearqueue.config import load_settings
 for path in dataclasses.astuple(load_settings(sys.argv[1]).paths):
     print(path)
 EOF
+}
+
+job_types() {  # gearqueue.jobtypes.JOB_TYPES as systemd names them (dashes), one a line
+    "$PREFIX/venv/bin/python" - <<'EOF'
+from gearqueue.jobtypes import JOB_TYPES
+for job_type in JOB_TYPES:
+    print(job_type.replace("_", "-"))
+EOF
+}
+
+load_job_types() {  # TYPES from the installed code; each type must have its unit files
+    local type
+    mapfile -t TYPES < <(job_types)
+    ((${#TYPES[@]})) || die "cannot read the job types from $PREFIX/venv (see above)"
+    for type in "${TYPES[@]}"; do
+        [[ -f $HERE/systemd/$type-consumer@.service && -f $HERE/systemd/$type-consumer.target ]] ||
+            die "job type $type needs systemd/$type-consumer@.service and $type-consumer.target"
+    done
+}
+
+installed_job_types() {  # the types whose targets we installed (when the venv cannot say)
+    local file
+    for file in "$UNIT_DIR"/*-consumer.target; do
+        [[ -f $file && $(head -n1 "$file") == "$MARK" ]] || continue
+        file=${file##*/}
+        echo "${file%-consumer.target}"
+    done
 }
 
 ensure_data_dirs() {
@@ -244,10 +274,11 @@ install_production() {
     ensure_user
     install -d -m 0755 "$PREFIX" "$PREFIX/listeners" "$PREFIX/share/doc"
     touch "$PREFIX/.gearqueue-install"
-    PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,systemd" copy
+    PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,figures,systemd,postgresql" copy
     install -m 0755 "$HERE"/listeners/*_consumer.py "$PREFIX/listeners/"
     ln -sfn "$PREFIX/venv/bin/gearqueue" "$BIN_LINK"
     install -m 0644 "$HERE/gear.ini.example" "$HERE"/docs/*.md "$PREFIX/share/doc/"
+    load_job_types
     ensure_config
     ensure_data_dirs
     install_units
@@ -259,6 +290,7 @@ install_production() {
 uninstall_production() {
     need_root_and_systemd
     local file type units=()
+    mapfile -t TYPES < <(job_types 2>/dev/null || installed_job_types)
     for type in "${TYPES[@]}"; do
         units+=("$type-consumer.target")
         for file in "$UNIT_DIR/$type-consumer.target.wants/$type-consumer@"*.service; do

@@ -83,9 +83,9 @@ def child(method: str, genes: int, samples: int, patterns: int, h5ad: str | None
     """Measure one method in this process; returns the record."""
     from scipy.linalg import solve_triangular
 
+    from gearqueue.matrices.targets import MatrixTarget
     from gearqueue.projectr.engine import make_engine
     from gearqueue.projectr.projection import project
-    from gearqueue.projectr.targets import MatrixTarget
 
     engine = make_engine("numpy" if method == "numpy" else "r")
     if method != "numpy_qr":
@@ -102,7 +102,7 @@ def child(method: str, genes: int, samples: int, patterns: int, h5ad: str | None
         coef = project(target, np.arange(genes), loadings, "nmf", zscore=False,
                        full_output=method == "r_full", engine=engine).coef
     elif method == "r_h5ad":
-        from gearqueue.projectr.h5ad import H5adTarget
+        from gearqueue.matrices.h5ad import H5adTarget
 
         target = H5adTarget(Path(h5ad or ""))
         coef = project(target, np.arange(genes), loadings, "nmf", zscore=False,

@@ -152,8 +152,10 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def write_gear_ini(folder: Path, queues: dict[str, str], prefetch: int = 1) -> Path:
-    """A gear.ini for a benchmark: its own queues (job type -> queue) and state folder."""
+def write_gear_ini(folder: Path, queues: dict[str, str], prefetch: int = 1,
+                   isolation: str = "") -> Path:
+    """A gear.ini for a benchmark: its own queues (job type -> queue) and state folder;
+    `isolation` for every job type (empty: each type's own)."""
     from gearqueue.defaults import PATH_KEYS
 
     lines = ["[rabbitmq]", f"url = {BROKER_URL}", "heartbeat = 30", "", "[paths]"]
@@ -163,8 +165,9 @@ def write_gear_ini(folder: Path, queues: dict[str, str], prefetch: int = 1) -> P
         lines.append(f"{key.name} = {path}")
     lines.append("")
     for job_type, queue in queues.items():
-        lines += [f"[{job_type}_service]", f"queue = {queue}", f"prefetch = {prefetch}", ""]
-    path = folder / "gear.ini"
+        lines += [f"[{job_type}_service]", f"queue = {queue}", f"prefetch = {prefetch}"]
+        lines += [f"isolation = {isolation}", ""] if isolation else [""]
+    path = folder / f"gear-{isolation}.ini" if isolation else folder / "gear.ini"
     path.write_text("\n".join(lines))
     return path
 

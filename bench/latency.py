@@ -42,6 +42,8 @@ from gearqueue.config import load_settings
 
 log = logging.getLogger(__name__)
 
+ISOLATIONS = ("inline", "process")
+
 WARM_UP = 300
 #: Calls in a row on one side before the other side's turn.
 BATCH = 25
@@ -113,30 +115,39 @@ def _interleaved(callers: dict[str, _RawCaller | _GearCaller], count: int
 
 def measure(count: int) -> dict[str, object]:
     tag = unique_tag()
-    raw_queue, gear_queue = f"{tag}.raw-echo", f"{tag}.echo"
+    raw_queue = f"{tag}.raw-echo"
+    #: One echo consumer per isolation, each on a queue of its own.
+    gear_queue = {isolation: f"{tag}.echo-{isolation}" for isolation in ISOLATIONS}
     with tempfile.TemporaryDirectory(prefix=f"{tag}-") as temp, broker() as admin:
         folder = Path(temp)
-        config = write_gear_ini(folder, {"echo": gear_queue})
+        configs = {isolation: write_gear_ini(folder, {"echo": queue}, isolation=isolation)
+                   for isolation, queue in gear_queue.items()}
         raw = start([PYTHON, str(BENCH / "raw_consumer.py"), raw_queue, "1"],
                     folder / "raw.log")
-        gear = start([PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config",
-                      str(config)], folder / "gear.log")
+        gears = [start([PYTHON, str(ROOT / "listeners" / "echo_consumer.py"), "--config",
+                        str(config)], folder / f"gear-{isolation}.log")
+                 for isolation, config in configs.items()]
         callers: dict[str, _RawCaller | _GearCaller] = {}
         try:
             wait_until(lambda: admin.consumers(raw_queue) >= 1, 30, "raw echo ready",
                        process=raw)
-            wait_until(lambda: admin.consumers(gear_queue) >= 1, 60, "echo consumer ready",
-                       process=gear)
+            for (isolation, queue), gear in zip(gear_queue.items(), gears, strict=True):
+                wait_until(lambda queue=queue: admin.consumers(queue) >= 1, 60,
+                           f"echo consumer ({isolation}) ready", process=gear)
             callers["raw"] = _RawCaller(raw_queue)
-            callers["call"] = _GearCaller(config)
+            for isolation, config in configs.items():
+                callers[f"call_{isolation}"] = _GearCaller(config)
             samples = _interleaved(callers, count)
         finally:
             for caller in callers.values():
                 caller.close()
             stop(raw)
-            stop(gear)
-            admin.delete_own_queues(tag, [raw_queue, *gear_queues(gear_queue)])
+            for gear in gears:
+                stop(gear)
+            admin.delete_own_queues(tag, [raw_queue, *(name for queue in gear_queue.values()
+                                                       for name in gear_queues(queue))])
     result: dict[str, object] = {name: _summary(values) for name, values in samples.items()}
-    log.info("latency p50: raw %.2f ms, call() %.2f ms", result["raw"]["p50_ms"],
-             result["call"]["p50_ms"])
+    log.info("latency p50: raw %.2f ms, call() inline %.2f ms, process %.2f ms",
+             result["raw"]["p50_ms"], result["call_inline"]["p50_ms"],
+             result["call_process"]["p50_ms"])
     return result

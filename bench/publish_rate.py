@@ -3,7 +3,7 @@
 Both go through gearqueue's Client with its defaults: JSON, persistent, `mandatory`,
 publisher confirms, and a "queued" state record per job. `submit` waits for each
 message's confirm (BlockingChannel confirm mode); `submit_many` streams them
-(gearqueue.batch). No consumer runs: the figure is the publisher's alone. The queues are
+(gearqueue.bulk). No consumer runs: the figure is the publisher's alone. The queues are
 this run's own and are deleted afterwards.
 """
 

@@ -7,7 +7,9 @@ Runs as its own process, next to the consumer under test, so the two run togethe
 Every system gets the same publisher: plain pika, persistent messages, no confirms, the
 messages encoded before the clock starts. The clock stops when the *last* message is
 done: for `json` (raw pika and gearqueue consumers) its reply arrives on direct
-reply-to; for Celery and Dramatiq (no result backend) its task creates `--marker`.
+reply-to; for Celery and Dramatiq with no result backend its task creates `--marker`;
+with one ($BENCH_RESULTS_URL, see bench/redis_store.py) its result is in the backend,
+read through the system's own result API.
 One consumer takes messages in queue order, so the last one done means all are done
 (with two processes, at most one other job is still finishing).
 
@@ -23,6 +25,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,8 @@ from bench.common import broker_params
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 Message = tuple[bytes, pika.BasicProperties]
+#: Set (with BENCH_RESULTS_PREFIX) when the consumer stores results in Redis.
+RESULTS_URL = os.environ.get("BENCH_RESULTS_URL", "")
 
 
 def json_messages(count: int) -> list[Message]:
@@ -47,34 +52,61 @@ def json_messages(count: int) -> list[Message]:
     return messages
 
 
-def celery_messages(count: int, marker: str) -> list[Message]:
+def celery_messages(count: int, marker: str) -> tuple[list[Message], Callable[[], bool]]:
+    """The messages, and whether the last one is done (its marker, or its result)."""
     from bench.celery_app import app
 
     messages = []
     for index in range(count):
-        kwargs = {"marker": marker} if index == count - 1 else {}
+        kwargs = {"marker": marker} if index == count - 1 and not RESULTS_URL else {}
         task_id = str(uuid.uuid4())
         headers, properties, body, _ = app.amqp.as_task_v2(
             task_id, "bench.celery_app.noop", args=(index,), kwargs=kwargs,
-            ignore_result=True)
+            ignore_result=not RESULTS_URL)
         encoded = json.dumps(body).encode()
         messages.append((encoded, pika.BasicProperties(
             content_type="application/json", content_encoding="utf-8", delivery_mode=2,
             correlation_id=properties["correlation_id"], headers=headers, priority=0)))
-    return messages
+    if not RESULTS_URL:
+        return messages, lambda: os.path.exists(marker)
+    last = app.AsyncResult(task_id)
+    return messages, lambda: last.ready() and _echoed(last.get(), count - 1)
 
 
-def dramatiq_messages(count: int, queue: str, marker: str) -> list[Message]:
+def dramatiq_messages(count: int, queue: str, marker: str
+                      ) -> tuple[list[Message], Callable[[], bool]]:
+    """The messages, and whether the last one is done (its marker, or its result)."""
     import dramatiq
 
     messages = []
     for index in range(count):
-        kwargs = {"marker": marker} if index == count - 1 else {}
+        kwargs = {"marker": marker} if index == count - 1 and not RESULTS_URL else {}
         message: dramatiq.Message[Any] = dramatiq.Message(
             queue_name=queue, actor_name="noop", args=(index,), kwargs=kwargs, options={})
         messages.append((message.encode(), pika.BasicProperties(delivery_mode=2,
                                                                 priority=0)))
-    return messages
+    if not RESULTS_URL:
+        return messages, lambda: os.path.exists(marker)
+    from dramatiq.results import ResultMissing
+
+    from bench.redis_store import dramatiq_backend
+
+    backend = dramatiq_backend(RESULTS_URL, os.environ["BENCH_RESULTS_PREFIX"])
+    last = message
+
+    def done() -> bool:
+        try:
+            return _echoed(backend.get_result(last), count - 1)
+        except ResultMissing:
+            return False
+    return messages, done
+
+
+def _echoed(result: Any, index: int) -> bool:
+    """True for the echo the job returns; anything else means the run is broken."""
+    if result != {"echo": index}:
+        raise RuntimeError(f"stored result {result!r}, expected {{'echo': {index}}}")
+    return True
 
 
 def main() -> None:
@@ -89,24 +121,23 @@ def main() -> None:
                         help="messages the consumer may hold unacked (for --timeout)")
     args = parser.parse_args()
 
+    replies: list[bytes] = []
+    done: Callable[[], bool]
     if args.kind == "json":
         messages = json_messages(args.count)
+        done = lambda: bool(replies)  # noqa: E731
     elif args.kind == "celery":
-        messages = celery_messages(args.count, args.marker)
+        messages, done = celery_messages(args.count, args.marker)
     else:
-        messages = dramatiq_messages(args.count, args.queue, args.marker)
+        messages, done = dramatiq_messages(args.count, args.queue, args.marker)
     if args.marker and os.path.exists(args.marker):
         os.unlink(args.marker)
 
     connection = pika.BlockingConnection(broker_params())
     channel = connection.channel()
-    replies: list[bytes] = []
     if args.kind == "json":
         channel.basic_consume(DIRECT_REPLY_TO, lambda _c, _m, _p, body: replies.append(body),
                               auto_ack=True)
-
-    def done() -> bool:
-        return bool(replies) if args.kind == "json" else os.path.exists(args.marker)
 
     started = time.monotonic()
     for body, properties in messages:

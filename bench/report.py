@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-#: (label, numerator system, denominator system, target ratio) per prefetch.
+#: (label, numerator system, denominator system, target ratio at prefetch 1 and 10).
 THROUGHPUT_RATIOS = (
-    ("gearqueue / raw pika", "gear", "raw", 0.8),
-    ("gearqueue / Celery prefork x2", "gear", "celery_prefork2", 2.0),
-    ("gearqueue / Dramatiq 1x1", "gear", "dramatiq_1x1", 1.2),
+    ("gearqueue inline / raw pika", "gear_inline", "raw", (0.8, 0.8)),
+    ("gearqueue process / raw pika", "gear_process", "raw", (0.5, 0.8)),
+    ("gearqueue inline / Celery prefork x2", "gear_inline", "celery_prefork2", (2.0, 2.0)),
+    ("gearqueue inline / Dramatiq 1x1", "gear_inline", "dramatiq_1x1", (1.2, 1.2)),
+    # Like for like: the peers storing every result too (issue 14), in both modes.
+    *((f"gearqueue {mode} / Celery prefork x2 + results", f"gear_{mode}",
+       "celery_prefork2_results", (2.0, 2.0)) for mode in ("inline", "process")),
+    *((f"gearqueue {mode} / Dramatiq 1x1 + Results", f"gear_{mode}",
+       "dramatiq_1x1_results", (2.0, 2.0)) for mode in ("inline", "process")),
+)
+#: Client.call() against each consumer: latency.py's caller keys.
+CALLERS = (("raw", "raw pika direct reply-to echo"),
+           ("call_inline", "Client.call(), isolation = inline"),
+           ("call_process", "Client.call(), isolation = process"))
+#: The columns of the guarantees table: (key in each [1] entry's "guarantees", header).
+GUARANTEES = (
+    ("ack_after_work", "ack after work"),
+    ("result_stored", "result stored durably"),
+    ("exactly_once_effect", "exactly-once effect / dedupe"),
+    ("crash_loop_guard", "crash-loop guard"),
 )
 
 
@@ -34,9 +51,12 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             note = entry.get("note", "")
             rows.append((f"[1] {entry['label']}, prefetch {prefetch}",
                          f"{_fmt(entry.get('jobs_per_s'))} jobs/s", note))
-        for label, top, bottom, target in THROUGHPUT_RATIOS:
+        for label, top, bottom, targets in THROUGHPUT_RATIOS:
+            target = targets[0 if prefetch == "1" else 1]
             a, b = figures.get(top, {}).get("jobs_per_s"), figures.get(bottom, {}).get(
                 "jobs_per_s")
+            if a is None and b is None:
+                continue
             ratio = a / b if a and b else None
             rows.append((f"[1] {label}, prefetch {prefetch}", f"{_fmt(ratio, 2)}x",
                          f"target >= {target}x: {_verdict(ratio, target)}"))
@@ -49,14 +69,19 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"target >= 10x: {_verdict(many / one, 10)}"))
     latency = results.get("latency")
     if latency:
-        for key, label in (("raw", "raw pika direct reply-to echo"), ("call", "Client.call()")):
+        for key, label in CALLERS:
+            if key not in latency:
+                continue
             entry = latency[key]
             rows.append((f"[3] {label} p50 / p95 / p99",
                          f"{entry['p50_ms']:.2f} / {entry['p95_ms']:.2f} / "
                          f"{entry['p99_ms']:.2f} ms", f"{entry['samples']} calls"))
-        gap = latency["call"]["p50_ms"] - latency["raw"]["p50_ms"]
-        rows.append(("[3] call() p50 - raw p50", f"{gap:+.2f} ms",
-                     f"target <= 0.5 ms: {_verdict(gap, 0.5, higher_is_better=False)}"))
+        for key, label in CALLERS[1:]:
+            if key not in latency:
+                continue
+            gap = latency[key]["p50_ms"] - latency["raw"]["p50_ms"]
+            rows.append((f"[3] {label} p50 - raw p50", f"{gap:+.2f} ms",
+                         f"target <= 0.5 ms: {_verdict(gap, 0.5, higher_is_better=False)}"))
     for entry in results.get("startup", []):
         if "error" in entry:
             rows.append((f"[4] {entry['job_type']} consumer start to READY", "n/a",
@@ -99,13 +124,38 @@ def _projectr_rows(projectr: Any) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _guarantee_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per [1] system (the same at both prefetches): what it promises a job."""
+    rows: dict[str, tuple[str, ...]] = {}
+    for figures in results.get("throughput", {}).values():
+        for key, entry in figures.items():
+            if key not in rows and "guarantees" in entry:
+                rows[key] = (entry["label"], *(entry["guarantees"].get(name, "")
+                                               for name, _ in GUARANTEES))
+    return list(rows.values())
+
+
+def _markdown(header: tuple[str, ...], rows: list[tuple[str, ...]],
+              right: tuple[int, ...] = ()) -> str:
+    """A Markdown table (readable as plain text too); columns in `right` right-aligned."""
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in
+              range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(f"{cell:>{width}}" if column in right else
+                                 f"{cell:<{width}}" for column, (cell, width) in
+                                 enumerate(zip(row, widths, strict=True))) + " |"
+
+    rule = "|" + "|".join("-" * (width + 1) + ":" if column in right else
+                          "-" * (width + 2) for column, width in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)])
+
+
 def table(results: dict[str, Any]) -> str:
-    """A Markdown table (readable as plain text too)."""
-    rows = _rows(results)
-    widths = [max(len(row[column]) for row in [("figure", "value", "notes"), *rows])
-              for column in range(3)]
-    lines = [f"| {'figure':<{widths[0]}} | {'value':>{widths[1]}} | {'notes':<{widths[2]}} |",
-             f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 1)}:|{'-' * (widths[2] + 2)}|"]
-    lines += [f"| {a:<{widths[0]}} | {b:>{widths[1]}} | {c:<{widths[2]}} |"
-              for a, b, c in rows]
-    return "\n".join(lines)
+    """The figures, then (if [1] ran) what each [1] row guarantees."""
+    text = _markdown(("figure", "value", "notes"), _rows(results), right=(1,))
+    guarantees = _guarantee_rows(results)
+    if guarantees:
+        text += "\n\nWhat each [1] row guarantees a job:\n\n" + _markdown(
+            ("[1] system", *(header for _, header in GUARANTEES)), guarantees)
+    return text

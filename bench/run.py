@@ -13,6 +13,7 @@ See docs/performance.md for what each item measures and the latest table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from bench import latency, publish_rate, report, startup, throughput
+from bench import latency, publish_rate, redis_store, report, startup, throughput
 from bench.common import BENCH, PYTHON, ROOT
 
 log = logging.getLogger("bench")
@@ -85,6 +86,34 @@ def run_projectr(quick: bool) -> dict[str, Any]:
     return json.loads(output.read_text())
 
 
+def measure_throughput(systems: list[str], repetitions: int, seconds: float
+                       ) -> dict[str, dict[str, Any]]:
+    """Item 1 for every system at prefetch 1 and 10; Redis running if a system stores
+    its results there (started here if nothing answers, see bench/redis_store.py)."""
+    figures: dict[str, dict[str, Any]] = {"1": {}, "10": {}}
+    with contextlib.ExitStack() as stack:
+        no_redis = ""
+        if any(throughput.SYSTEMS[key].results for key in systems):
+            try:
+                stack.enter_context(redis_store.running())
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+                log.error("no Redis for the result-backend peers: %s", error)
+                no_redis = f"failed: no Redis: {error}"
+        for prefetch, row in figures.items():
+            for key in systems:
+                if no_redis and throughput.SYSTEMS[key].results:
+                    row[key] = {"label": throughput.SYSTEMS[key].label, "jobs_per_s": None,
+                                "note": no_redis[:80]}
+                    continue
+                try:
+                    row[key] = throughput.measure(key, int(prefetch), repetitions, seconds)
+                except Exception as error:
+                    log.exception("%s at prefetch %s failed", key, prefetch)
+                    row[key] = {"label": throughput.SYSTEMS[key].label,
+                                "jobs_per_s": None, "note": f"failed: {error}"[:80]}
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -111,16 +140,8 @@ def main() -> int:
                                "repetitions": repetitions, "started": time.time()}
 
     if "throughput" in items:
-        results["throughput"] = {}
-        for prefetch in (1, 10):
-            figures = results["throughput"][str(prefetch)] = {}
-            for key in args.systems.split(","):
-                try:
-                    figures[key] = throughput.measure(key, prefetch, repetitions, seconds)
-                except Exception as error:
-                    log.exception("%s at prefetch %d failed", key, prefetch)
-                    figures[key] = {"label": throughput.SYSTEMS[key].label,
-                                    "jobs_per_s": None, "note": f"failed: {error}"[:80]}
+        systems = [key.strip() for key in args.systems.split(",") if key.strip()]
+        results["throughput"] = measure_throughput(systems, repetitions, seconds)
     if "publish" in items:
         results["publish"] = publish_rate.measure(
             repetitions, one_count=500 if args.quick else 1000,

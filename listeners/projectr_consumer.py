@@ -9,6 +9,6 @@ if __name__ == "__main__":
     # Imported here, not at the top: spawn runs this file again (as __mp_main__) in the
     # executor child before it starts, and a top-level import would load the whole
     # consumer, pika included, into every child (~60 ms per start, ~10 MiB).
-    from gearqueue.listener import main
+    from gearqueue.worker.listener import main
 
     main("projectr")

@@ -4,15 +4,20 @@
 Makes a small target dataset D = L·P + noise (genes × samples) and its pattern cart L,
 starts one projectr consumer (a real process, R in its executor child), submits the
 job through RabbitMQ as the web API would, prints the reply and the projection, and
-checks it recovers P. Uses ./gear.ini (written by `./install.sh --dev`).
+checks it recovers P. Then an export consumer zips the projection with its metadata and
+heatmap (`--heatmap FILE` keeps the PNG: docs/demo-heatmap.png is made so). Uses
+./gear.ini (written by `./install.sh --dev`).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +51,15 @@ def write_inputs(datasets: Path, carts: Path, rng: np.random.Generator) -> np.nd
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heatmap", type=Path, help="write the export's heatmap PNG here")
+    arguments = parser.parse_args()
     settings = load_settings(ROOT / "gear.ini")
     truth = write_inputs(settings.paths.datasets_dir, settings.paths.carts_dir,
                          np.random.default_rng(7))
-    consumer = subprocess.Popen([sys.executable, str(ROOT / "listeners/projectr_consumer.py"),
-                                 "--config", str(ROOT / "gear.ini"), "--instance", "demo"])
+    consumers = [subprocess.Popen([sys.executable, str(ROOT / f"listeners/{kind}_consumer.py"),
+                                   "--config", str(ROOT / "gear.ini"), "--instance", "demo"])
+                 for kind in ("projectr", "export")]
     try:
         payload = {"dataset_id": "demo", "genecart_id": "demo", "scope": "weighted-list",
                    "algorithm": "nmf", "zscore": False, "full_output": True,
@@ -70,10 +79,25 @@ def main() -> int:
         projected = np.array([[float(value) for value in row[1:]] for row in rows]).T
         error = float(np.max(np.abs(projected - truth)))
         print(f"largest difference from the true pattern weights: {error:.2e}")
+        with Client(settings) as client:
+            export = client.call("export", {"dataset_id": "demo", "format": "zip",
+                                            "projection_id": reply["projection_id"]},
+                                 timeout=120)
+        print(f"\nexport: {export}")
+        if export.get("success", -1) < 0:
+            return 1
+        with zipfile.ZipFile(export["path"]) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+            print(f"metadata.json: {json.dumps(metadata, indent=1)}")
+            if arguments.heatmap:
+                arguments.heatmap.write_bytes(archive.read(metadata["heatmap"]["file"]))
+                print(f"heatmap written to {arguments.heatmap}")
         return 0 if error < 0.05 else 1
     finally:
-        consumer.terminate()
-        consumer.wait(30)
+        for consumer in consumers:
+            consumer.terminate()
+        for consumer in consumers:
+            consumer.wait(30)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from private_postgres import PrivatePostgres
+from state_backends import STATE_BACKENDS, chosen_backend, scratch_database
 
 from gearqueue.config import Settings, load_settings
 from gearqueue.jobtypes import JOB_TYPES
+from gearqueue.state import StateStore, open_store
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -41,13 +44,22 @@ def _restore_library_path() -> None:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path) -> ConfigFactory:
+def make_config(tmp_path: Path, request: pytest.FixtureRequest) -> ConfigFactory:
     """Write a gear.ini for this test and return its path.
 
-    Keyword arguments set keys: `echo_service={"prefetch": 10}`, `rabbitmq={...}`,
-    `paths={...}`. Queues are named `t<random>.<type>_jobs`.
+    Keyword arguments set keys: `echo_service={"prefetch": 10}` (echo's isolation is
+    `process`, or each of both for a test that takes the `isolation` fixture), `rabbitmq={...}`,
+    `paths={...}`. Queues are named `t<random>.<type>_jobs`. The job-state store is
+    that of $GEAR_TEST_STATE_BACKEND (SQLite by default; `state={"url": ...}` sets it).
     """
     tag = f"t{uuid.uuid4().hex[:10]}"
+    # echo runs in its executor child unless the test asks for both (`isolation`):
+    # tests of the child itself (long jobs, memory limits) stay on `process`.
+    isolation = (request.getfixturevalue("isolation") if "isolation" in request.fixturenames
+                 else "process")
+    # Only tests that run consumers or clients get a database (the `state_url` fixture);
+    # a store-suite test brings its own through `state={...}`.
+    state = request.getfixturevalue("state_url") if chosen_backend() != "sqlite" else ""
 
     def make(name: str = "gear.ini", **sections: dict[str, object]) -> Path:
         content: dict[str, dict[str, object]] = {
@@ -56,9 +68,12 @@ def make_config(tmp_path: Path) -> ConfigFactory:
                 "state_dir", "datasets_dir", "carts_dir", "projections_dir", "uploads_dir",
                 "exports_dir")},
         }
+        if state:
+            content["state"] = {"url": state}
         for job_type in JOB_TYPES:
             content[f"{job_type}_service"] = {"queue": f"{tag}.{job_type}_jobs",
                                               "retry_backoff": 0.2}
+        content["echo_service"]["isolation"] = isolation
         for section, values in sections.items():
             content.setdefault(section, {}).update(values)
         lines = []
@@ -73,9 +88,57 @@ def make_config(tmp_path: Path) -> ConfigFactory:
     return make
 
 
+@pytest.fixture(params=["process", "inline"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    """Run a runtime test in both isolations: make_config sets echo's to this."""
+    return str(request.param)
+
+
 @pytest.fixture
 def settings(make_config: ConfigFactory) -> Settings:
     return load_settings(make_config())
+
+
+@pytest.fixture
+def state_url() -> Iterator[str]:
+    """`[state] url` for this test by $GEAR_TEST_STATE_BACKEND: empty (SQLite), or a
+    PostgreSQL database of its own on the shared server, dropped after the test."""
+    if chosen_backend() == "sqlite":
+        yield ""
+        return
+    with scratch_database() as url:
+        yield url
+
+
+@pytest.fixture(params=STATE_BACKENDS)
+def state_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def state_config(state_backend: str, make_config: ConfigFactory) -> Iterator[Path]:
+    """A gear.ini whose job-state store is of each backend in turn."""
+    if state_backend == "sqlite":
+        yield make_config()
+        return
+    with scratch_database() as url:
+        yield make_config(state={"url": url})
+
+
+@pytest.fixture
+def store(state_config: Path) -> Iterator[StateStore]:
+    """The echo job type's state store of `state_config`, closed after the test."""
+    opened = open_store(load_settings(state_config), "echo")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this test's own, which it may stop and start."""
+    server = PrivatePostgres().start()
+    yield server
+    server.destroy()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import numpy as np
 from gearqueue.config import Settings
 from gearqueue.errors import JobError
 from gearqueue.jobs.base import Job, JobContext
+from gearqueue.worker.outcome import failure_reply
 
 FOLDERS = ("state_dir", "datasets_dir", "carts_dir", "projections_dir", "uploads_dir",
            "exports_dir")
@@ -47,7 +48,7 @@ def reply(job: Job[Any], payload: dict[str, Any]) -> dict[str, Any]:
     try:
         return run(job, payload)
     except JobError as error:
-        return job.failure_reply(error)
+        return failure_reply(error)
 
 
 def read_table(path: Path, delimiter: str = ",") -> tuple[list[str], list[str], np.ndarray]:

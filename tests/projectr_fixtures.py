@@ -21,6 +21,7 @@ from gearqueue.config import Settings
 from gearqueue.errors import JobError
 from gearqueue.jobs.base import JobContext
 from gearqueue.jobs.projectr import ProjectRJob
+from gearqueue.worker.outcome import failure_reply
 
 ORACLE_R = r"""
 oracle_match <- function(D, L) {
@@ -163,7 +164,7 @@ def run_job(job: ProjectRJob, payload: dict[str, Any]) -> dict[str, Any]:
     try:
         return job.run(job.validate(payload), context(job.settings))
     except JobError as error:
-        return job.failure_reply(error)
+        return failure_reply(error)
 
 
 def payload(algorithm: str = "nmf", **fields: Any) -> dict[str, Any]:

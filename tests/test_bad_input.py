@@ -11,18 +11,22 @@ from amqp import PlainPublisher
 from consumers import ConsumerProcess
 
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
+
+pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["inline", "process"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """An echo consumer of each isolation in turn (inline: echo's own default)."""
     folder = tmp_path_factory.mktemp("bad-input")
     queue = f"t{time.time_ns()}.echo_jobs"
     config = folder / "gear.ini"
     config.write_text(
         "[rabbitmq]\nurl = amqp://guest:guest@127.0.0.1:5672/%2F\n"
         "[paths]\nstate_dir = var/state\n"
-        f"[echo_service]\nqueue = {queue}\nmax_message_bytes = 2000\n")
+        f"[echo_service]\nqueue = {queue}\nmax_message_bytes = 2000\n"
+        f"isolation = {request.param}\n")
     consumer = ConsumerProcess(config).start()
     publisher = PlainPublisher(queue)
     yield config, publisher, consumer
@@ -58,7 +62,7 @@ def test_bad_message_gets_a_clear_error_and_is_dead_lettered(served, case: str) 
     reply = publisher.replies.pop(case)[0]
     assert reply["success"] == -1
     assert wanted in reply["message"]
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require(message_id)
+    record = open_store(load_settings(config), "echo").require(message_id)
     assert record.status is JobStatus.FAILED and record.attempts == 1
     assert wanted in record.error["message"]
     assert publisher.depth(publisher.queue + ".dead") == dead_before + 1
@@ -72,7 +76,7 @@ def test_a_message_without_reply_to_is_dead_lettered_silently(served) -> None:
     config, publisher, consumer = served
     message_id = f"no-reply-{time.time_ns()}"
     publisher.publish(b"not json", "no-reply", reply=False, message_id=message_id)
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     deadline = time.monotonic() + 20
     while (record := store.get(message_id)) is None or record.status is not JobStatus.FAILED:
         assert time.monotonic() < deadline

@@ -14,6 +14,8 @@ from gearqueue.config import Settings, load_settings
 from gearqueue.errors import BatchPublishError, InvalidMessage
 from gearqueue.state import JobStatus
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def channel():

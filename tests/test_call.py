@@ -14,6 +14,8 @@ from gearqueue.config import load_settings
 from gearqueue.errors import UnroutableError
 from gearqueue.state import JobStatus
 
+pytestmark = pytest.mark.slow
+
 
 def test_a_call_with_no_queue_to_go_to_fails_at_once_and_leaves_its_job_failed(
         make_config) -> None:

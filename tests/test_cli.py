@@ -8,8 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
+
+pytestmark = pytest.mark.slow
 
 
 def gearqueue(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -33,7 +37,7 @@ def test_submit_without_wait_prints_the_job_id_and_the_state_records_it(
                        "--job-id", "my-job-1")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"job_id": "my-job-1"}
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     assert store.require("my-job-1").status is JobStatus.QUEUED
     start_consumer(config)
     status = gearqueue(config, "status", "--json")
@@ -97,7 +101,7 @@ def test_status_counts_the_job_in_progress_as_unacked(make_config, start_consume
     start_consumer(config)
     assert gearqueue(config, "submit", "echo", "--json", '{"data": 1, "sleep": 4}',
                      "--job-id", "slow-one").returncode == 0
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    store = open_store(load_settings(config), "echo")
     deadline = time.monotonic() + 20
     while store.require("slow-one").status is not JobStatus.RUNNING:
         assert time.monotonic() < deadline

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gearqueue.cli.config_example import render_example
 from gearqueue.config import find_config, load_settings, mask_url
 from gearqueue.errors import ConfigError
-from gearqueue.example import render_example
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,10 +24,10 @@ from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.errors import InvalidMessage, PermanentJobError, TransientJobError
 from gearqueue.jobs.dataset_import import DatasetImportJob
-from gearqueue.matrixio.convert import text_to_h5ad
-from gearqueue.matrixio.h5ad_writer import read_provenance
-from gearqueue.projectr.targets import open_target
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.matrices.convert import text_to_h5ad
+from gearqueue.matrices.h5ad_writer import read_provenance
+from gearqueue.matrices.targets import open_target
+from gearqueue.state import JobStatus, open_store
 
 # Ids that a data.frame round trip through R would have mangled, and a repeated gene.
 GENES = ["1", "5e3", "TRUE", "Gene with space", "HLA-A*02", "g,comma", "NA", "dup", "dup"]
@@ -428,6 +428,7 @@ def test_a_missing_data_folder_is_named_with_its_gear_ini_key(job, folder):
 # --- through the queue -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_imports_through_the_queue_with_a_real_consumer(make_config, start_consumer, values):
     config = make_config(dataset_import_service={"max_retries": 1})
     settings = make_folders(load_settings(config))
@@ -444,6 +445,6 @@ def test_imports_through_the_queue_with_a_real_consumer(make_config, start_consu
     assert again["success"] == 2, again
     assert bad == {"success": -1, "message": "upload 'nope.csv' not found in uploads_dir "
                                              f"{settings.paths.uploads_dir}"}
-    record = StateStore(settings.paths.state_dir, "dataset_import").require("bad-upload")
+    record = open_store(settings, "dataset_import").require("bad-upload")
     assert record.status is JobStatus.FAILED and record.attempts == 1  # no retry
     assert_same(anndata.read_h5ad(settings.paths.datasets_dir / "ds.h5ad").X, values.T)

@@ -18,8 +18,10 @@ from conftest import BROKER_URL
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
 from gearqueue.topology import DEAD_LETTER_EXCHANGE
+
+pytestmark = pytest.mark.slow
 
 
 def gearqueue(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -124,7 +126,7 @@ def test_show_prints_headers_body_and_traceback(dead_jobs) -> None:
 
 def test_replay_by_id_resets_attempts_and_the_job_runs_again(dead_jobs, start_consumer) -> None:
     limited, relaxed, broker = dead_jobs
-    store = StateStore(load_settings(limited).paths.state_dir, "echo")
+    store = open_store(load_settings(limited), "echo")
     assert store.require("slow-1").status is JobStatus.FAILED
     result = gearqueue(limited, "dead", "replay", "echo", "slow-1")
     assert result.returncode == 0, result.stderr
@@ -167,7 +169,7 @@ def test_replay_that_the_broker_refuses_leaves_the_job_dead(make_config, start_c
         consumer.stop()
         with Client(load_settings(config)) as client:  # fills the main queue
             client.submit("echo", {"data": "filler"}, job_id="filler-1")
-        store = StateStore(load_settings(config).paths.state_dir, "echo")
+        store = open_store(load_settings(config), "echo")
         before = store.require("refused-1")
         result = gearqueue(config, "dead", "replay", "echo", "refused-1")
         assert result.returncode == 1

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 from conftest import BROKER_URL
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.session import consumer_arguments
+from gearqueue.worker.channel import consumer_arguments
+
+pytestmark = pytest.mark.slow
 
 
 def doctor(config: Path, *args: str, env: dict[str, str] | None = None

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,13 +16,26 @@ from amqp import PlainPublisher
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
+
+pytestmark = pytest.mark.slow
 
 
 def wait_until_running(config: Path, job_id: str, timeout: float = 20.0) -> None:
-    store = StateStore(load_settings(config).paths.state_dir, "echo")
+    """Until the job runs: its lock is held (a first delivery's attempt is recorded only
+    with its result, so its record says `queued` until then)."""
+    store = open_store(load_settings(config), "echo")
     deadline = time.monotonic() + timeout
-    while (record := store.get(job_id)) is None or record.status is not JobStatus.RUNNING:
+    while True:
+        taken = threading.Event()
+
+        def probe(taken: threading.Event = taken) -> None:
+            with store.locked(job_id):
+                taken.set()
+
+        threading.Thread(target=probe, daemon=True).start()
+        if not taken.wait(0.5):
+            return  # held by the consumer: the job runs
         assert time.monotonic() < deadline, f"job {job_id} never started running"
         time.sleep(0.05)
 
@@ -132,6 +146,6 @@ def test_redelivered_success_replies_from_the_stored_result(
         publisher.publish({"data": "once"}, "dup", message_id=message_id)
     publisher.wait_replies(2, timeout=20)
     assert publisher.replies["dup"] == [{"success": 1, "echo": "once", "attempt": 1}] * 2
-    store = StateStore(load_settings(settings_path).paths.state_dir, "echo")
+    store = open_store(load_settings(settings_path), "echo")
     record = store.require(message_id)
     assert record.status is JobStatus.SUCCEEDED and record.attempts == 1

@@ -276,6 +276,7 @@ def test_a_write_failure_is_transient_and_leaves_nothing(job):
 # --- through the queue -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_exports_through_the_queue_with_a_real_consumer(make_config, start_consumer, values):
     config = make_config()
     settings = make_folders(load_settings(config))

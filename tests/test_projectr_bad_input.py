@@ -18,6 +18,8 @@ from projectr_fixtures import (
 from gearqueue.errors import InvalidMessage, TransientJobError
 from gearqueue.jobs.projectr import ProjectRJob
 
+pytestmark = pytest.mark.slow
+
 GENES = ["a", "b", "c", "d"]
 
 

@@ -8,10 +8,12 @@ import pytest
 from projectr_fixtures import ROracle, generated
 
 from gearqueue.errors import ConfigError
+from gearqueue.matrices.targets import MatrixTarget
 from gearqueue.projectr.engine import make_engine
 from gearqueue.projectr.linpack import estimable_columns
 from gearqueue.projectr.projection import project
-from gearqueue.projectr.targets import MatrixTarget
+
+pytestmark = pytest.mark.slow
 
 RTOL = 1e-8
 ALGORITHMS = ["nmf", "fixednmf", "pca", "pca_centered", "binary"]

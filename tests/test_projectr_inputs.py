@@ -9,12 +9,14 @@ import h5py
 import numpy as np
 import pytest
 
+from gearqueue.matrices.h5ad import H5adTarget
+from gearqueue.matrices.tables import read_text_matrix
+from gearqueue.matrices.targets import MatrixTarget, open_target
 from gearqueue.projectr.carts import read_cart
-from gearqueue.projectr.h5ad import H5adTarget
 from gearqueue.projectr.matching import match_genes
 from gearqueue.projectr.request import default_projection_id, parse_request
-from gearqueue.projectr.tables import read_text_matrix
-from gearqueue.projectr.targets import MatrixTarget, open_target
+
+pytestmark = pytest.mark.slow
 
 
 def read_all(target) -> np.ndarray:

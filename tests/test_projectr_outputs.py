@@ -26,9 +26,11 @@ from projectr_fixtures import (
     write_text_target,
 )
 
+from gearqueue.files import exclusive
 from gearqueue.jobs.projectr import ProjectRJob
-from gearqueue.projectr import locks
 from gearqueue.projectr.outputs import ProjectionFiles, read_index
+
+pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
 CHILD = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import projectr_fixtures as f; " \
@@ -131,7 +133,7 @@ def start_child(config: Path, body: dict) -> subprocess.Popen:
 def test_two_identical_requests_at_once_compute_once(job, settings):
     files = files_of(job, "shared")
     body = payload(projection_id="shared")
-    with locks.exclusive(files.lock, purpose="test"):
+    with exclusive(files.lock, purpose="test"):
         children = [start_child(settings.source, body) for _ in range(2)]
         time.sleep(4)  # both start R and block on the projection's lock
     outputs = [child.communicate(timeout=120) for child in children]
@@ -145,8 +147,8 @@ def test_two_identical_requests_at_once_compute_once(job, settings):
 
 def test_a_killed_lock_holder_leaves_no_stale_lock(job, settings):
     files = files_of(job, "after-kill")
-    code = ("import sys, time; from pathlib import Path; from gearqueue.projectr import locks\n"
-            "with locks.exclusive(Path(sys.argv[1]), purpose='x'):\n"
+    code = ("import sys, time; from pathlib import Path; from gearqueue.files import exclusive\n"
+            "with exclusive(Path(sys.argv[1]), purpose='x'):\n"
             "    print('held', flush=True); time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(files.lock)],
                               stdout=subprocess.PIPE, text=True)

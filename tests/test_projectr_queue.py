@@ -13,6 +13,8 @@ from projectr_fixtures import generated, read_projection, write_cart, write_text
 
 from gearqueue.config import load_settings
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):

@@ -24,6 +24,8 @@ from projectr_fixtures import (
 
 from gearqueue.jobs.projectr import ProjectRJob
 
+pytestmark = pytest.mark.slow
+
 RTOL = 1e-8
 
 

@@ -14,7 +14,9 @@ from conftest import BROKER_URL
 from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.errors import QueueFull
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, open_store
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def test_a_full_queue_refuses_with_queue_full_and_the_job_is_not_left_queued(
     config = make_config(echo_service={"max_length": 2})
     settings = load_settings(config)
     queue = settings.service("echo").queue
-    store = StateStore(settings.paths.state_dir, "echo")
+    store = open_store(settings, "echo")
     with Client(settings) as client:
         client.submit("echo", {"data": 1}, job_id="first")
         client.submit("echo", {"data": 2}, job_id="second")

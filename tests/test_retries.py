@@ -3,26 +3,33 @@ the end, and a reply and a job state that say the same as the dead letter."""
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import json
-import re
 import time
 
 import pytest
 from amqp import PlainPublisher
 
 from gearqueue.config import load_settings
-from gearqueue.state import JobStatus, StateStore
+from gearqueue.state import JobStatus, StateStore, open_store
 
-LOG_LINE = re.compile(r"^(\S+ \S+) INFO gearqueue\.consumer\[\d+\]: job (\S+) (retrying|failed) "
-                      r"\(attempt (\d+)", re.M)
+pytestmark = pytest.mark.slow
 
 
-def attempt_times(log: str, job_id: str) -> list[float]:
-    """When each attempt of `job_id` ended, from the consumer's log."""
-    return [datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            for stamp, job, _, _ in LOG_LINE.findall(log) if job == job_id]
+def attempt_ends(store: StateStore, job_id: str, timeout: float = 30.0) -> list[float]:
+    """When each attempt of `job_id` ended, from its state record until it is failed: the
+    `updated` time of each retrying or failed record it goes through. (Polled: a
+    retrying record stays while its retry waits, at least 0.2 s here.)"""
+    ends: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = store.get(job_id)
+        if record is not None and record.status in (JobStatus.RETRYING, JobStatus.FAILED):
+            ends.setdefault(record.attempts, record.updated)
+            if record.status is JobStatus.FAILED:
+                break
+        time.sleep(0.02)
+    return [ends[attempt] for attempt in sorted(ends)]
 
 
 @pytest.fixture
@@ -35,12 +42,13 @@ def served(make_config, start_consumer):
 
 
 def test_transient_failures_back_off_exponentially_then_dead_letter_says_why(served) -> None:
-    config, consumer, publisher = served
+    config, _, publisher = served
+    store = open_store(load_settings(config), "echo")
     publisher.publish({"data": "flaky", "fail": "transient"}, "flaky", message_id="flaky-1")
+    ends = attempt_ends(store, "flaky-1")
     publisher.wait_replies(1, timeout=30)
 
     # Delay before retry n is retry_backoff * 2^(n-1), jittered to 50-100%: 0.4, 0.8, 1.6 s.
-    ends = attempt_times(consumer.log(), "flaky-1")
     assert len(ends) == 4
     gaps = [later - earlier for earlier, later in itertools.pairwise(ends)]
     for gap, delay in zip(gaps, (0.4, 0.8, 1.6), strict=True):
@@ -56,7 +64,7 @@ def test_transient_failures_back_off_exponentially_then_dead_letter_says_why(ser
     assert headers["x-gear-original-queue"] == publisher.queue
     assert abs(headers["x-gear-failed-at"] - time.time()) < 30
     assert json.loads(headers["x-gear-reply"]) == reply
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require("flaky-1")
+    record = store.require("flaky-1")
     assert record.status is JobStatus.FAILED and record.attempts == 4
     assert record.error is not None and record.error["class"] == "TransientJobError"
     assert record.result == reply
@@ -75,7 +83,7 @@ def test_a_job_waiting_for_its_retry_holds_up_nothing(served) -> None:
 
 
 def test_a_permanent_error_is_dead_lettered_at_once(served) -> None:
-    config, consumer, publisher = served
+    config, _, publisher = served
     publisher.publish({"data": "x", "fail": "permanent"}, "bad", message_id="bad-1")
     publisher.wait_replies(1, timeout=20)
     assert publisher.replies["bad"] == [{"success": -1,
@@ -83,6 +91,7 @@ def test_a_permanent_error_is_dead_lettered_at_once(served) -> None:
     properties, _ = publisher.get(publisher.queue + ".dead")
     assert properties.headers["x-gear-attempts"] == 1
     assert properties.headers["x-gear-error-class"] == "PermanentJobError"
-    assert len(attempt_times(consumer.log(), "bad-1")) == 1
-    record = StateStore(load_settings(config).paths.state_dir, "echo").require("bad-1")
+    store = open_store(load_settings(config), "echo")
+    assert len(attempt_ends(store, "bad-1")) == 1
+    record = store.require("bad-1")
     assert (record.status, record.attempts) == (JobStatus.FAILED, 1)

@@ -1,4 +1,5 @@
-"""The per-job lock of the state store: one holder per job id, across processes and threads."""
+"""The per-job lock of the state store: one holder per job id, across processes and threads,
+on every backend."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from gearqueue.state import StateStore
 
 HOLDER = """
 import sys, time
-from pathlib import Path
-from gearqueue.state import StateStore
-with StateStore(Path(sys.argv[1]), "echo").locked(sys.argv[2]):
+from gearqueue.config import load_settings
+from gearqueue.state import open_store
+with open_store(load_settings(sys.argv[1]), "echo").locked(sys.argv[2]):
     print("held", flush=True)
     time.sleep(float(sys.argv[3]))
 """
@@ -26,29 +27,31 @@ def time_to_lock(store: StateStore, job_id: str) -> float:
         return time.monotonic() - started
 
 
-def test_a_job_locked_by_another_process_waits_and_other_jobs_do_not(tmp_path: Path) -> None:
-    store = StateStore(tmp_path, "echo")
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "job-a", "1.0"],
-                              stdout=subprocess.PIPE, text=True)
+def hold(config: Path, job_id: str, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(config), job_id,
+                               str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_job_locked_by_another_process_waits_and_other_jobs_do_not(
+        store: StateStore, state_config: Path) -> None:
+    holder = hold(state_config, "job-a", 1.0)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         assert time_to_lock(store, "job-b") < 0.2
         assert time_to_lock(store, "job-a") > 0.5  # waited for the holder to finish
     finally:
         holder.wait(10)
 
 
-def test_a_lock_dies_with_its_holder(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "job-a", "60"],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+def test_a_lock_dies_with_its_holder(store: StateStore, state_config: Path) -> None:
+    holder = hold(state_config, "job-a", 60)
     holder.kill()
     holder.wait(10)
-    assert time_to_lock(StateStore(tmp_path, "echo"), "job-a") < 0.2
+    assert time_to_lock(store, "job-a") < 0.2
 
 
-def test_two_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
-    store = StateStore(tmp_path, "echo")
+def test_two_threads_of_one_process_exclude_each_other(store: StateStore) -> None:
     inside = threading.Event()
     waited: list[float] = []
 

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from gearqueue import exitcodes, inifile
+from gearqueue import exitcodes
+from gearqueue.cli import scale_inifile
+from gearqueue.cli.scale_units import Instances, job_type_of
 from gearqueue.config import load_settings
 from gearqueue.errors import ConfigError
 from gearqueue.jobtypes import JOB_TYPES
-from gearqueue.units import Instances, job_type_of
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -90,7 +93,7 @@ def test_setting_workers_in_the_commented_example_keeps_every_comment(tmp_path: 
     shutil.copy(ROOT / "gear.ini.example", path)
     path.chmod(0o640)
     original = path.read_text().splitlines()
-    inifile.set_value(path, "projectr_service", "workers", "4")
+    scale_inifile.set_value(path, "projectr_service", "workers", "4")
     edited = path.read_text().splitlines()
     assert [line for line in edited if line not in original] == ["workers = 4"]
     assert len(edited) == len(original) + 1
@@ -104,8 +107,8 @@ def test_setting_workers_in_the_commented_example_keeps_every_comment(tmp_path: 
 def test_setting_a_key_replaces_its_active_line_or_adds_the_section(tmp_path: Path) -> None:
     path = tmp_path / "gear.ini"
     path.write_text("[echo_service]\nworkers = 2 ; two\nprefetch = 3\n[paths]\n")
-    inifile.set_value(path, "echo_service", "workers", "0")
-    inifile.set_value(path, "export_service", "workers", "5")
+    scale_inifile.set_value(path, "echo_service", "workers", "0")
+    scale_inifile.set_value(path, "export_service", "workers", "5")
     assert path.read_text() == ("[echo_service]\nworkers = 0\nprefetch = 3\n[paths]\n"
                                 "\n[export_service]\nworkers = 5\n")
 

@@ -10,8 +10,8 @@ def full_jitter(attempt: int, base: float, cap: float, rng: random.Random | None
 
     Spreads a fleet of consumers that all lost the same broker at the same instant.
     """
-    rng = rng or random
-    return rng.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+    uniform = rng.uniform if rng is not None else random.uniform
+    return uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
 def equal_jitter(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -20,6 +20,6 @@ def equal_jitter(attempt: int, base: float, cap: float, rng: random.Random | Non
     Never much shorter than asked for (a retry after a transient fault should wait), yet
     jittered so jobs that failed together do not retry together.
     """
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     delay = min(cap, base * 2 ** max(attempt - 1, 0))
-    return rng.uniform(delay / 2, delay)
+    return uniform(delay / 2, delay)

@@ -127,7 +127,7 @@ def connect(settings: Settings, job_type: str, name: str = "gearqueue", *,
 
 def connected_url(connection: pika.BlockingConnection, urls: tuple[str, ...]) -> str:
     """Which of `urls` an open connection goes to (its host and port)."""
-    params = connection._impl.params
+    params = connection._impl.params  # type: ignore[attr-defined]
     for url in urls:
         candidate = pika.URLParameters(url)
         if (candidate.host, candidate.port) == (params.host, params.port):
@@ -183,7 +183,9 @@ def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
     Features differ by version (x-consumer-timeout needs 3.12), and the handshake is
     the one place every client sees it, without management rights.
     """
-    raw = (connection._impl.server_properties or {}).get("version", "")
+    # pika keeps the handshake's server properties on the adapter, with no public accessor.
+    impl = connection._impl  # type: ignore[attr-defined]
+    raw = (impl.server_properties or {}).get("version", "")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     numbers = []
     for part in text.split("."):

@@ -19,8 +19,8 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import topology
-from .batch import OutgoingMessage, publish_batch
 from .broker import close_quietly, connect, connection_parameters, converted_errors
+from .bulk import OutgoingMessage, publish_batch
 from .config import Settings
 from .errors import (
     BatchPublishError,
@@ -32,9 +32,9 @@ from .errors import (
     ReplyTimeout,
     UnroutableError,
 )
-from .jobs.fields import SAFE_ID
-from .runner import JobRunner
-from .state import JobRecord, JobStatus, StateStore
+from .message import SAFE_ID, encode_payload, job_properties
+from .state import JobRecord, StateStore, open_store
+from .worker.runner import JobRunner
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -88,7 +88,7 @@ class Client:
         """Queue many jobs with streaming publisher confirms; return their ids in order.
 
         Every payload is validated before anything is published. The batch goes out on a
-        connection of its own (gearqueue.batch), far faster than `submit` in a loop,
+        connection of its own (gearqueue.bulk), far faster than `submit` in a loop,
         which waits for each confirm. BatchPublishError, with a report naming the jobs
         that were nacked, unroutable or unconfirmed, if any job was not queued.
         """
@@ -100,14 +100,11 @@ class Client:
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
         # Fresh random ids: nothing to read, nobody reading yet; one commit for all.
-        self._store(job_type).create_many(
-            JobRecord(job_id, job_type, JobStatus.QUEUED) for job_id in job_ids)
+        self._store(job_type).queued_many(job_ids)
         self._channel_for(job_type)  # declares the topology once, so the batch is routable
         now = int(time.time())
-        messages = [OutgoingMessage(job_id, body, pika.BasicProperties(
-            content_type="application/json", delivery_mode=2, message_id=job_id,
-            correlation_id=job_id, timestamp=now, type=job_type))
-            for job_id, body in zip(job_ids, bodies, strict=True)]
+        messages = [OutgoingMessage(job_id, body, job_properties(job_type, job_id, timestamp=now))
+                    for job_id, body in zip(job_ids, bodies, strict=True)]
         report = publish_batch(connection_parameters(self.settings, job_type, self.name),
                                "", service.queue, messages)
         if not report.ok:
@@ -154,45 +151,25 @@ class Client:
         return job_id
 
     def _encode(self, job_type: str, payload: dict[str, Any]) -> bytes:
-        if not isinstance(payload, dict):
-            raise InvalidMessage(f"payload must be a JSON object, got {type(payload).__name__}")
-        try:
-            body = json.dumps(payload, allow_nan=False).encode()
-        except (TypeError, ValueError) as error:
-            raise InvalidMessage(f"payload is not JSON-serialisable: {error}") from None
-        limit = self.settings.service(job_type).max_message_bytes
-        if len(body) > limit:
-            raise InvalidMessage(f"payload is {len(body)} bytes, over max_message_bytes "
-                                 f"({limit})")
-        return body
+        return encode_payload(payload, self.settings.service(job_type).max_message_bytes)
 
     def _run_in_process(self, job_type: str, job_id: str,
                         payload: dict[str, Any]) -> dict[str, Any]:
         runner = self._runners.get(job_type)
         if runner is None:
-            runner = self._runners[job_type] = JobRunner(self.settings, job_type,
-                                                          isolated=False)
+            runner = self._runners[job_type] = JobRunner(
+                self.settings, self.settings.service(job_type), isolated=False)
         return runner.execute(job_id, payload, fresh=True).reply
 
     def _store(self, job_type: str) -> StateStore:
         store = self._stores.get(job_type)
         if store is None:
-            store = self._stores[job_type] = StateStore(self.settings.paths.state_dir,
-                                                        job_type)
+            store = self._stores[job_type] = open_store(self.settings, job_type)
         return store
 
     def _record_queued(self, job_type: str, job_id: str) -> bool:
-        """Record the job as queued unless it has a record; True if this created it.
-
-        One create, refused when the id has a record, rather than a read and then a
-        write: it is on every submit's and call's path before the publish, and a record
-        an executor child wrote in between is never set back to queued.
-        """
-        try:
-            self._store(job_type).create(JobRecord(job_id, job_type, JobStatus.QUEUED))
-        except FileExistsError:
-            return False
-        return True
+        """Record the job as queued unless it has a record; True if this created it."""
+        return self._store(job_type).queued(job_id)
 
     @contextlib.contextmanager
     def _refused_unless_queued(self, job_type: str, job_id: str, created: bool
@@ -204,10 +181,7 @@ class Client:
             yield
         except PublishError as error:
             if created:
-                self._store(job_type).update(
-                    job_id, status=JobStatus.FAILED, error={
-                        "class": type(error).__name__, "message": str(error),
-                        "traceback": None, "attempt": 0})
+                self._store(job_type).refused(job_id, error)
             raise
 
     def _channel_for(self, job_type: str) -> BlockingChannel:
@@ -225,10 +199,7 @@ class Client:
     def _publish(self, job_type: str, job_id: str, body: bytes, *,
                  reply_to: str | None = None, priority: int | None = None) -> None:
         service = self.settings.service(job_type)
-        properties = pika.BasicProperties(
-            content_type="application/json", delivery_mode=2, message_id=job_id,
-            correlation_id=job_id, reply_to=reply_to, priority=priority,
-            timestamp=int(time.time()), type=job_type)
+        properties = job_properties(job_type, job_id, reply_to=reply_to, priority=priority)
         for attempt in (1, 2):
             channel = self._channel_for(job_type)
             try:
@@ -260,10 +231,7 @@ class Client:
                 self._rpc = self._connection.channel()
                 self._rpc.add_on_return_callback(self._on_return)
                 self._rpc.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
-        properties = pika.BasicProperties(
-            content_type="application/json", delivery_mode=2, message_id=job_id,
-            correlation_id=job_id, reply_to=DIRECT_REPLY_TO, timestamp=int(time.time()),
-            type=job_type)
+        properties = job_properties(job_type, job_id, reply_to=DIRECT_REPLY_TO)
         with converted_errors(f"publishing {job_type} job {job_id}"):
             self._rpc.basic_publish("", self.settings.service(job_type).queue, body,
                                     properties, mandatory=True)
@@ -292,8 +260,9 @@ class Client:
 
     def _on_reply(self, channel: Any, method: Any, properties: pika.BasicProperties,
                   body: bytes) -> None:
+        job_id = properties.correlation_id or ""  # no job has the empty id
         try:
-            self._replies[properties.correlation_id] = json.loads(body)
+            self._replies[job_id] = json.loads(body)
         except (ValueError, TypeError):
-            self._replies[properties.correlation_id] = {
+            self._replies[job_id] = {
                 "success": -1, "message": f"unreadable reply: {body[:200]!r}"}

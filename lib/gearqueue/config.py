@@ -9,16 +9,23 @@ because AMQP URLs carry percent-encoded vhosts and passwords.
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import defaults
+from . import defaults, gear_ini
 from .defaults import Key
 from .errors import ConfigError
 from .jobtypes import JOB_TYPES
+
+log = logging.getLogger(__name__)
+
+#: contract values: this project's own topology, or gEAR's (see gear_ini, docs/projectr.md).
+GEARQUEUE, GEAR = "gearqueue", "gear"
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,26 @@ class PathSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    #: Empty: SQLite under paths.state_dir; else a postgresql:// URL.
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     job_type: str
+    contract: str
+    #: Resolved: an empty queue_durable follows the contract.
+    queue_durable: bool
     queue_enabled: bool
     queue_host: str
     queue: str
     prefetch: int
+    batch_size: int
+    #: "process", "inline", or "" for the job type's own (see `check_isolation`).
+    isolation: str
+    inline_time_limit: float
+    log_quick_jobs_ms: int
     workers: int
     max_retries: int
     retry_backoff: float
@@ -67,6 +88,12 @@ class ServiceSettings:
     message_ttl: int
     reply_timeout: float
 
+    @property
+    def jobs_per_batch(self) -> int:
+        """How many deliveries at most go to the executor child at once: batch_size,
+        never more than the prefetch that holds them (0: prefetch)."""
+        return min(self.batch_size or self.prefetch, self.prefetch)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -74,6 +101,7 @@ class Settings:
     rabbitmq: RabbitSettings
     paths: PathSettings
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
+    state: StateSettings = field(default_factory=StateSettings)
 
     def service(self, job_type: str) -> ServiceSettings:
         try:
@@ -135,13 +163,17 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
                     environ: Mapping[str, str]) -> Settings:
     known = dict(defaults.SECTION_KEYS)
     known.update({service_section(name): defaults.SERVICE_KEYS for name in JOB_TYPES})
-    for section in parser.sections():
+    sections, ignored = gear_ini.fold_sections(
+        ((name, dict(parser.items(name))) for name in parser.sections()), path=str(path))
+    for section in sections:
         if section not in known:
             raise ConfigError(f"unknown section (known: {', '.join(known)})",
                               path=str(path), section=section)
+    if ignored:
+        log.info("%s: ignoring gEAR's own settings %s", path, "; ".join(ignored))
 
     def values(section: str, keys: tuple[Key, ...], **context: str) -> dict[str, Any]:
-        given = dict(parser.items(section)) if parser.has_section(section) else {}
+        given = sections.get(section, {})
         names = {key.name for key in keys}
         for name in given:
             if name not in names:
@@ -170,22 +202,49 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
             raise ConfigError(f"not an amqp:// or amqps:// URL: {mask_url(url)!r}",
                               path=str(path), section="rabbitmq", key="url")
 
-    base = path.resolve().parent
-    path_values = values("paths", defaults.PATH_KEYS)
-    paths = PathSettings(**{name: base / value for name, value in path_values.items()})
+    state = StateSettings(**values("state", defaults.STATE_KEYS))
+    if state.url and not state.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"not a postgresql:// URL: {mask_url(state.url)!r} (empty: "
+                          "SQLite under [paths] state_dir)", path=str(path), section="state",
+                          key="url")
 
     services = {}
     for name in JOB_TYPES:
         section = service_section(name)
-        service = ServiceSettings(job_type=name, **values(section, defaults.SERVICE_KEYS,
-                                                          job_type=name))
+        service_values = values(section, defaults.SERVICE_KEYS, job_type=name)
+        gear = service_values["contract"] == GEAR
+        if gear and "queue" not in sections.get(section, {}):
+            service_values["queue"] = name  # gEAR's queue is named after the job type
+        if service_values["queue_durable"] is None:
+            service_values["queue_durable"] = not gear
+        service = ServiceSettings(job_type=name, **service_values)
         _check_service(service, path, section)
+        if service.isolation:  # a job type's own default is checked by its consumer
+            check_isolation(service, service.isolation, rabbit["heartbeat"], path)
         services[name] = service
+
+    base = path.resolve().parent
+    path_values = values("paths", defaults.PATH_KEYS)
+    if any(service.contract == GEAR for service in services.values()):
+        given_paths = sections.get("paths", {})
+        path_values.update({name: value for name, value in gear_ini.GEAR_PATHS.items()
+                            if name not in given_paths})
+    paths = PathSettings(**{name: base / value for name, value in path_values.items()})
     return Settings(source=path, rabbitmq=RabbitSettings(urls=urls, **rabbit), paths=paths,
-                    services=services)
+                    services=services, state=state)
 
 
 def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
+    if service.contract == GEAR:
+        options = [key for key, value in (
+            ("queue_type", service.queue_type == "quorum"), ("max_length", service.max_length),
+            ("max_priority", service.max_priority), ("message_ttl", service.message_ttl))
+            if value]
+        if options:
+            raise ConfigError(f"contract = gear cannot have {', '.join(options)}: gEAR's "
+                              f"publisher declares the queue with no arguments, and the "
+                              f"broker would refuse one of the two declares",
+                              path=str(path), section=section, key=options[0])
     if not service.queue or len(service.queue.encode()) > 200:
         raise ConfigError("queue name must be 1 to 200 bytes", path=str(path),
                           section=section, key="queue")
@@ -198,8 +257,49 @@ def _check_service(service: ServiceSettings, path: Path, section: str) -> None:
                           "hard kill", path=str(path), section=section, key="soft_time_limit")
 
 
+def check_isolation(service: ServiceSettings, isolation: str, heartbeat: int,
+                    path: Path) -> None:
+    """ConfigError unless `service` can run with `isolation` (its own key's value or
+    its job type's default).
+
+    An inline job runs on the consumer's main thread, where heartbeats, acks and the
+    watchdog are served between jobs only: it must end well inside the heartbeat, so
+    its time limit (time_limit, or inline_time_limit when that is 0) must be under half
+    the heartbeat interval. Its memory cannot be given back, so max_memory_mb is
+    refused.
+    """
+    if isolation != "inline":
+        return
+    section = service_section(service.job_type)
+    limit = inline_limit(service, heartbeat)
+    if heartbeat and limit >= heartbeat / 2:
+        key = "time_limit" if service.time_limit else "inline_time_limit"
+        raise ConfigError(
+            f"isolation = inline needs a time limit under half the heartbeat ({heartbeat} "
+            f"s in [rabbitmq]): an inline job blocks the consumer's heartbeats while it "
+            f"runs; got {limit:g} s (lower it, or set isolation = process)",
+            path=str(path), section=section, key=key)
+    if service.max_memory_mb:
+        raise ConfigError("isolation = inline cannot give memory back (no child to "
+                          "recycle): set max_memory_mb = 0 or isolation = process",
+                          path=str(path), section=section, key="max_memory_mb")
+
+
+#: An inline job's limit when neither time_limit nor inline_time_limit is set and
+#: heartbeats are off (heartbeat = 0).
+INLINE_LIMIT_WITHOUT_HEARTBEAT = 15.0
+
+
+def inline_limit(service: ServiceSettings, heartbeat: int) -> float:
+    """The hard time limit of an inline job: time_limit, else inline_time_limit, else a
+    quarter of the heartbeat interval."""
+    return (service.time_limit or service.inline_time_limit
+            or (heartbeat / 4 if heartbeat else INLINE_LIMIT_WITHOUT_HEARTBEAT))
+
+
 def mask_url(url: str) -> str:
     """The URL with its password replaced by ***, for logs and check-config."""
+    url = re.sub(r"([?&]password=)[^&]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:

@@ -33,10 +33,11 @@ def parse_str(text: str) -> str:
     return text.strip()
 
 
-def parse_choice(*choices: str) -> Callable[[str], str]:
+def parse_choice(*choices: str, empty: bool = False) -> Callable[[str], str]:
+    """One of `choices` (or, with `empty`, nothing: the default decided elsewhere)."""
     def parse(text: str) -> str:
         value = text.strip().lower()
-        if value not in choices:
+        if value not in choices and not (empty and not value):
             raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
         return value
     return parse
@@ -82,7 +83,8 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
 
 PATH_KEYS: tuple[Key, ...] = (
     Key("state_dir", parse_str, "/var/lib/gear/state",
-        "Job-state records (queued/running/succeeded/failed, attempts, result): one "
+        "Job-state records (queued/running/succeeded/failed, attempts, result), unless "
+        "[state] url names a database: one "
         "SQLite database per job type, <job_type>/jobs.sqlite3, and its lock file. Must be "
         "on a local file system (SQLite's WAL shares memory between processes). Relative "
         "paths are taken from the folder of gear.ini."),
@@ -97,15 +99,61 @@ PATH_KEYS: tuple[Key, ...] = (
     Key("exports_dir", parse_str, "/var/lib/gear/exports", "export writes its files here."),
 )
 
+def parse_optional_bool(text: str) -> bool | None:
+    """A boolean, or None (empty: follow another key, e.g. `contract`)."""
+    return None if not text.strip() else parse_bool(text)
+
+
+STATE_KEYS: tuple[Key, ...] = (
+    Key("url", parse_str, "",
+        "Where job-state records live. Empty: embedded SQLite under [paths] state_dir, for "
+        "one machine. A postgresql:// URL (libpq), e.g. postgresql://gear@db-host/gear: one "
+        "PostgreSQL database shared by the web API and the consumers of every host "
+        "(docs/scaling.md). A password may come from $GEAR_STATE_PASSWORD or ~/.pgpass."),
+)
+
 SERVICE_KEYS: tuple[Key, ...] = (
+    Key("contract", parse_choice("gearqueue", "gear"), "gearqueue",
+        "Who is on the other side of the queue. gearqueue: this project's own topology "
+        "(durable queue <job_type>_jobs, default exchange). gear: gEAR's web API, "
+        "unchanged: queue <job_type> (e.g. projectr) bound to gEAR's topic exchange "
+        "'message' and declared non-durable as gEAR's publisher declares it, [paths] "
+        "defaults under gEAR's www/ next to gear.ini, and for projectr gEAR's status "
+        "file, file names, lock files and preprocessing (docs/projectr.md, Running "
+        "under gEAR)."),
+    Key("queue_durable", parse_optional_bool, None,
+        "Declare the main queue durable (waiting jobs survive a broker restart). Empty: "
+        "1 with the gearqueue contract, 0 with the gear contract (gEAR's publisher "
+        "declares it non-durable; set 1 only after making gEAR's publisher durable too)."),
     Key("queue_enabled", parse_bool, True,
         "1: submit() publishes to RabbitMQ and a consumer runs the job. 0: the job runs "
         "in-process in the caller, and no broker is contacted."),
     Key("queue_host", parse_str, "localhost",
         "Broker host used when [rabbitmq] url is empty (gEAR's original key)."),
-    Key("queue", parse_str, "{job_type}_jobs", "Queue name. Retry queues are <queue>.retry.N, "
+    Key("queue", parse_str, "{job_type}_jobs", "Queue name (with the gear contract the "
+        "default is <job_type>, gEAR's name). Retry queues are <queue>.retry.N, "
         "dead letters go to <queue>.dead."),
-    Key("prefetch", parse_int, 1, "Unacked messages a consumer holds (basic.qos).", minimum=1),
+    Key("prefetch", parse_int, 1,
+        "Unacked messages a consumer holds (basic.qos). The deliveries it holds go to the "
+        "executor child together, as one batch of up to batch_size.", minimum=1),
+    Key("batch_size", parse_int, 0,
+        "Most jobs handed to the executor child in one batch (one pipe message each way, "
+        "one ack for all). At most prefetch; 0: the same as prefetch. The child's "
+        "successor is started 2 batches (or 10% of max_jobs_per_child, if more) before "
+        "it is recycled.", minimum=0),
+    Key("isolation", parse_choice("process", "inline", empty=True), "",
+        "Where the consumer runs a job. process: in its executor child (a crash, a hard "
+        "time limit or a leak costs only the child). inline: in the consumer's own "
+        "process with no hop, for short jobs: time_limit must be under half the "
+        "heartbeat (0: inline_time_limit), and max_memory_mb is not available. Empty: "
+        "the job type's own (echo: inline; projectr, dataset_import, export: process)."),
+    Key("inline_time_limit", parse_float, 0.0,
+        "The hard limit of an inline job whose time_limit is 0 (seconds). 0: a quarter "
+        "of the heartbeat (15 s at 60 s), or 15 s with heartbeats off.", minimum=0),
+    Key("log_quick_jobs_ms", parse_int, 10,
+        "A job that succeeds in less than this many milliseconds is logged at DEBUG, not "
+        "INFO; every job is still counted: an INFO line at most every 10 s gives how many "
+        "(GEAR_QUICK_JOBS, docs/operations.md). 0: every job at INFO.", minimum=0),
     Key("workers", parse_int, 2,
         "Consumer instances install.sh and `gearqueue scale` enable for this type.", minimum=0),
     Key("max_retries", parse_int, 3,
@@ -149,6 +197,7 @@ SERVICE_KEYS: tuple[Key, ...] = (
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
     "rabbitmq": RABBITMQ_KEYS,
     "paths": PATH_KEYS,
+    "state": STATE_KEYS,
 }
 
 #: Where gear.ini is looked for when no --config is given (after $GEAR_INI).

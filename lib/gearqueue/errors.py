@@ -63,6 +63,10 @@ class TransientJobError(JobError):
     retryable = True
 
 
+class MatrixFormatError(PermanentJobError):
+    """A matrix file is not what it should be: the message names the file and the place."""
+
+
 class StateStoreUnavailable(TransientJobError):
     """The job-state database could not be read or written (locked past the busy
     timeout, disk full or failing, corrupt): the attempt is retried, not failed."""
@@ -116,12 +120,17 @@ class QueueFull(PublishNacked):
 
 
 class BatchPublishError(PublishError):
-    """Some jobs of a `submit_many` batch were not queued; `report` (a batch.BatchReport)
+    """Some jobs of a `submit_many` batch were not queued; `report` (a bulk.BatchReport)
     lists which were confirmed, nacked, unroutable, unconfirmed or unsent."""
 
     def __init__(self, message: str, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class DuplicateJobIds(GearError):
+    """A bulk publish was given one job id twice: its report accounts for each job by id,
+    so the caller's list is wrong, and nothing is published."""
 
 
 class TopologyMismatch(BrokerError):
@@ -138,6 +147,28 @@ class UnknownJob(GearError):
 
 class NotInDeadQueue(UnknownJob):
     """No message with that job id is in the dead queue of its job type."""
+
+
+class JobExists(GearError):
+    """A job id that was to be new already has a state record (`queued_many`)."""
+
+
+# --- executor child -----------------------------------------------------------------
+
+
+class ExecutorStartFailed(GearError):
+    """The executor child could not start or warm up (e.g. R or a library is missing)."""
+
+
+class ExecutorDied(GearError):
+    """The executor child exited while running a batch; `done` jobs of it had finished.
+
+    Raised by the executor handle and handled by the consumer loop, which settles the
+    batch around it (the job at `done` failed with ExecutorCrashed)."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
 
 
 # --- systemd ---------------------------------------------------------------------

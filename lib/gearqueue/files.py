@@ -1,16 +1,17 @@
-"""Files that jobs publish: checked folders, atomic replacement, stale temps, checksums.
+"""Files that jobs publish: checked folders, atomic replacement, locks, stale temps, checksums.
 
-A job's output (an imported dataset, an export) is read by other processes while it
-may be rewritten, and the job may be killed at any moment (hard time limit, crash,
-memory cap). So an output is written to a hidden temp file in the same folder, synced,
-and renamed over the final name: readers see the old file or the new one, never half
-of one. Writers of one name hold a lock (gearqueue.projectr.locks), under which temp
-files that a killed writer left behind can be removed safely.
+A job's output (an imported dataset, an export, a projection) is read by other processes
+while it may be rewritten, and the job may be killed at any moment (hard time limit,
+crash, memory cap). So an output is written to a hidden temp file in the same folder,
+synced, and renamed over the final name: readers see the old file or the new one, never
+half of one. Writers of one name hold a lock (`exclusive`), under which temp files that
+a killed writer left behind can be removed safely.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -78,6 +79,44 @@ def require_space(folder: Path, needed: int, key: str) -> None:
     if free < needed:
         raise TransientJobError(f"{key} {folder} has {free / 2**20:.1f} MiB free; this "
                                 f"needs about {needed / 2**20:.1f} MiB")
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, *, purpose: str) -> Iterator[bool]:
+    """Hold an exclusive advisory lock (flock) on `path`; yields True if another holder
+    had to be waited for.
+
+    The kernel drops a flock when its holder dies, even by SIGKILL, so unlike gEAR's
+    "the lock file exists" convention there is no stale lock to detect. Lock files are
+    never deleted: deleting one while another process waits on it would let a third
+    process lock a new file of the same name at the same time.
+    """
+    descriptor = open_lock_file(path, purpose=purpose, mode=0o664)
+    try:
+        yield lock_waiting(descriptor, path, purpose=purpose)
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def open_lock_file(path: Path, *, purpose: str, mode: int) -> int:
+    """A descriptor of lock file `path` (created with `mode` if absent, and its folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    except OSError as error:
+        raise TransientJobError(f"cannot create lock file for {purpose}: {error}") from None
+
+
+def lock_waiting(descriptor: int, path: Path, *, purpose: str) -> bool:
+    """flock `descriptor` exclusively, saying so in the log when another holder has it
+    first; True if it had to wait."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("waiting for the lock on %s (%s)", path, purpose)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        return True
+    return False
 
 
 def temp_prefix(final: Path) -> str:

@@ -18,7 +18,7 @@ from consumers import ConsumerProcess
 from gearqueue import topology
 from gearqueue.config import load_settings
 from gearqueue.jobs.echo import MARKS_FOLDER
-from gearqueue.state import JobRecord, JobStatus, StateStore
+from gearqueue.state import JobRecord, JobStatus, StateStore, open_store
 
 READY_LINE = "consuming from"
 CHILD_READY = re.compile(r"executor child (\d+) ready")
@@ -160,7 +160,7 @@ class Ledger:
     @classmethod
     def of(cls, config: Path, job_type: str = "echo") -> Ledger:
         settings = load_settings(config)
-        return cls(StateStore(settings.paths.state_dir, job_type),
+        return cls(open_store(settings, job_type),
                    settings.paths.exports_dir / MARKS_FOLDER)
 
     def records(self, job_ids: Iterable[str]) -> dict[str, JobRecord | None]:

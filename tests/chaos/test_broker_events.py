@@ -13,6 +13,8 @@ from gearqueue.state import JobStatus
 
 from .harness import Feeder, Fleet, Ledger, wait_until
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_basic_cancel_mid_job_still_settles_the_job_then_consumes_again(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.errors import BrokerError
@@ -12,6 +14,8 @@ from gearqueue.state import JobStatus
 from gearqueue.topology import retry_queue
 
 from .harness import Feeder, Fleet, Ledger, wait_until
+
+pytestmark = pytest.mark.slow
 
 JOBS = 500
 BACK_WITHIN = 10.0

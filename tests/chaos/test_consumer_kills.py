@@ -17,6 +17,8 @@ from gearqueue.topology import retry_queue
 
 from .harness import Feeder, Fleet, Ledger, wait_until
 
+pytestmark = pytest.mark.slow
+
 JOBS = 500
 KILL_EVERY = 2.0
 

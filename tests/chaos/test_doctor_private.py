@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from private_broker import RABBITMQ_BIN, PrivateBroker
 from test_doctor import about, doctor
+
+pytestmark = pytest.mark.slow
 
 
 def test_doctor_reads_the_consumer_timeout_of_the_node_behind_the_url(

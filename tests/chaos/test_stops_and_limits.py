@@ -3,17 +3,20 @@ and memory limits of the executor child."""
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import random
 import re
 import time
+
+import pytest
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus
 
 from .harness import CHILD_READY, Feeder, Fleet, Ledger, wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigterm_mid_job_loses_nothing_and_runs_nothing_twice(
@@ -60,8 +63,10 @@ def test_sigterm_mid_job_loses_nothing_and_runs_nothing_twice(
     assert fleet.terms >= 5 and mid_job[True] >= 1 and mid_job[False] >= 1
     assert sorted(ledger.marks()) == sorted(job_ids)
     assert ledger.reruns() == []
-    # Nothing run twice: a graceful stop finishes the job it runs and gives back the rest.
-    assert all(record.attempts == 1 for record in records.values())
+    # Nothing run twice (reruns above): a graceful stop finishes the job it runs and
+    # gives back the rest. A job given back unstarted comes back redelivered, and a
+    # redelivery counts the delivery that left no record (issue 14): its number is 2.
+    assert all(record.attempts in (1, 2) for record in records.values())
     assert all(len(feeder.replies[job_id]) == 1 for job_id in job_ids)
     assert feeder.depth(feeder.service.queue) == 0
     feeder.close()
@@ -187,7 +192,7 @@ def test_max_jobs_per_child_recycles_the_child_between_jobs(
 def test_rate_limit_spaces_the_starts_of_jobs(chaos_config, broker, fleet: Fleet) -> None:
     config = chaos_config(echo_service={"rate_limit": 5, "prefetch": 10})
     ledger = Ledger.of(config)
-    consumer = fleet.start(config, "1")
+    fleet.start(config, "1")
     feeder = Feeder(broker.url, config)
     job_ids = [f"job-{number}" for number in range(10)]
     for job_id in job_ids:
@@ -195,10 +200,9 @@ def test_rate_limit_spaces_the_starts_of_jobs(chaos_config, broker, fleet: Fleet
     wait_until(lambda: ledger.count(job_ids, JobStatus.SUCCEEDED) == 10, timeout=30,
                what="10 jobs done", tick=feeder.pump)
     # At most 5 starts per second: jobs of a few ms end about 0.2 s apart (without the
-    # limit all ten end within some 50 ms).
-    ends = [datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            for stamp in re.findall(r"^(\S+ \S+) INFO .*: job job-\d+ succeeded",
-                                    consumer.log(), re.M)]
+    # limit all ten end within some 50 ms). When each ended is in its state record.
+    ends = sorted(record.updated for record in ledger.records(job_ids).values()
+                  if record is not None)
     gaps = [later - earlier for earlier, later in itertools.pairwise(ends)]
     assert len(gaps) == 9 and all(gap >= 0.1 for gap in gaps) and sum(gaps) >= 1.6, gaps
     feeder.close()

@@ -1,4 +1,5 @@
-"""The `gearqueue` command. Each subcommand lives in its own module with `register()`.
+"""The `gearqueue` command. Each subcommand lives in its own module (`<name>_cmd.py`) with
+`register()`; what only that command uses sits beside it as `<name>_<what>.py`.
 
 Exit codes are gearqueue.exitcodes: 0 ok, 1 job failed, 2 usage or config error,
 3 timeout, 4 broker unavailable. Errors are handled here, once.
@@ -21,10 +22,11 @@ from ..errors import (
     UnknownJob,
 )
 from ..log import setup_logging
-from . import config_cmd, dead_cmd, doctor_cmd, jobs_cmd, queues_cmd, scale_cmd
+from . import config_cmd, dead_cmd, doctor_cmd, jobs_cmd, queues_cmd, scale_cmd, state_cmd
 
 #: Subcommand modules; each has register(subparsers) adding parsers with a `run` default.
-COMMAND_MODULES = (config_cmd, jobs_cmd, queues_cmd, dead_cmd, doctor_cmd, scale_cmd)
+COMMAND_MODULES = (config_cmd, jobs_cmd, queues_cmd, dead_cmd, doctor_cmd, scale_cmd,
+                   state_cmd)
 
 Runner = Callable[[argparse.Namespace], int]
 

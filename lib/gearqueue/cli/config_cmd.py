@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import exitcodes
 from ..config import load_settings, mask_url
-from ..example import render_example
+from .config_example import render_example
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         "rabbitmq": rabbit,
         "paths": {key: str(value) for key, value in
                   dataclasses.asdict(settings.paths).items()},
+        "state": {"url": mask_url(settings.state.url)},
     }
     for name, service in settings.services.items():
         values = dataclasses.asdict(service)

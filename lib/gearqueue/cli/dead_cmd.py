@@ -1,7 +1,7 @@
 """`gearqueue dead list|show|replay|purge`: the dead-letter queues (issue 5).
 
 Thin on purpose: the AMQP work, and the rule that nothing is removed before it is
-safely elsewhere, live in gearqueue.deadletters.
+safely elsewhere, live in gearqueue.cli.dead_letters.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import re
 import sys
 from typing import Any
 
-from .. import exitcodes
+from .. import exitcodes, message
 from ..config import load_settings
-from ..deadletters import DeadLetter, DeadQueue
 from ..jobtypes import JOB_TYPES
+from .dead_letters import DeadLetter, DeadQueue
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -105,7 +105,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"job {letter.job_id} (dead {human_age(letter.age())} ago)")
     print("headers:")
     for key, value in headers.items():
-        if key != "x-gear-traceback":
+        if key != message.TRACEBACK:
             print(f"  {key}: {value}")
     print("body:")
     body = letter.payload()

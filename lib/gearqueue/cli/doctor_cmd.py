@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import exitcodes
 from ..config import load_settings
-from ..doctor import Level, diagnose
+from .doctor_checks import Level, diagnose
 
 
 def register(subparsers: Any) -> None:

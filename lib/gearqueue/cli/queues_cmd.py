@@ -13,7 +13,7 @@ from ..broker import close_quietly, connect, converted_errors
 from ..config import ServiceSettings, Settings, load_settings
 from ..errors import BrokerUnavailable
 from ..topology import dead_queue, retry_queue
-from ..unacked import unacked_counts
+from .queues_unacked import unacked_counts
 
 
 def register(subparsers: Any) -> None:

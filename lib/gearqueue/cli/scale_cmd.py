@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import exitcodes, inifile
+from .. import exitcodes
 from ..config import load_settings, service_section
 from ..errors import ConfigError
-from ..units import Instances, job_type_of
+from . import scale_inifile
+from .scale_units import Instances, job_type_of
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                               "jobs; set queue_enabled = 1 first", path=str(settings.source),
                               section=section, key="queue_enabled")
         if count != service.workers:
-            inifile.set_value(settings.source, section, "workers", str(count))
+            scale_inifile.set_value(settings.source, section, "workers", str(count))
             load_settings(settings.source)  # the edit must leave a valid file
             print(f"{job_type}: workers = {count} saved in {settings.source}")
 

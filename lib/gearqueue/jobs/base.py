@@ -5,19 +5,22 @@ type can load expensive things (R, limma) once in `warm_up`. The runtime calls
 `validate` before any work starts and `run` with the validated request; `run` returns
 the success reply (a JSON object). Failures are raised as `PermanentJobError` or
 `TransientJobError` (gearqueue.errors); the runtime turns them into the failure reply
-with `failure_reply`, so a job never formats its own error replies.
+(`gearqueue.worker.outcome.failure_reply`, with the error's `reply_fields`), so a job
+never formats its own error replies.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from ..config import Settings
-from ..errors import JobError
+
+if TYPE_CHECKING:
+    from ..worker.outcome import Outcome
 
 Request = TypeVar("Request")
 
@@ -30,13 +33,27 @@ class JobContext:
     attempt: int
     settings: Settings
     #: True in an executor child (which may be killed hard); False when the job runs
-    #: in-process in the caller (queue_enabled = 0).
+    #: in the consumer itself (isolation = inline) or in the caller (queue_enabled = 0).
     isolated: bool
     log: logging.LoggerAdapter[logging.Logger]
+    #: Raises StateStoreUnavailable if the job's lock was lost (its PostgreSQL
+    #: connection died): a job calls it just before it makes its effect.
+    confirm_lock: Callable[[], None] = lambda: None
+    #: True when a consumer runs the job (in its child or inline): a crash of the
+    #: process is redelivered and counted. False in the caller (queue_enabled = 0).
+    consumer: bool = False
+
+
+#: Where a job runs in its consumer (the `isolation` key): a child process, or the
+#: consumer's own process with no hop (only for jobs that end well within a heartbeat).
+PROCESS, INLINE = "process", "inline"
+ISOLATIONS = (PROCESS, INLINE)
 
 
 class Job(ABC, Generic[Request]):
     name: ClassVar[str]
+    #: The job type's default `isolation` (its gear.ini section may set another).
+    isolation: ClassVar[str] = PROCESS
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -52,5 +69,26 @@ class Job(ABC, Generic[Request]):
     def run(self, request: Request, context: JobContext) -> dict[str, Any]:
         """Do the work; return the success reply."""
 
-    def failure_reply(self, error: JobError) -> dict[str, Any]:
-        return {"success": -1, "message": error.message, **error.reply_fields}
+
+    def on_final_failure(self, job_id: str, payload: Mapping[str, Any] | None,
+                         outcome: Outcome) -> None:
+        """The job failed for good (it is dead-lettered): a bad message, a permanent
+        error, retries or a crash loop exhausted.
+
+        For a job type whose caller learns the end some other way than the reply (gEAR
+        polls a status file). Called once per final failure, after its state is stored,
+        in whichever process recorded it (the executor child, or the consumer when the
+        child died or the message never decoded: then `payload` is None). It must not
+        raise; the runtime logs it if it does.
+        """
+
+    @property
+    def reruns_fresh_duplicates(self) -> bool:
+        """True: a fresh publish of a job that succeeded before runs again instead of
+        being answered from its stored result (a redelivery is still answered from it).
+
+        For a job whose own files say whether the work is done, and whose caller asks
+        again with an identical message when it wants it again (gEAR's web API does,
+        and then waits for a status file that only a run writes).
+        """
+        return False

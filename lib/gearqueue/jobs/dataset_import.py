@@ -1,7 +1,8 @@
 """dataset_import: turn an uploaded matrix into a dataset ProjectR and export can read.
 
 Message: {"dataset_id", "upload": a file name inside uploads_dir, "format": "csv" |
-"tsv" | "h5ad" (optional: from the extension), "replace": bool (optional)}. The result
+"tsv" | "h5ad" (optional: from the extension) | "mtx" (the upload is then a 10x-style
+folder: matrix.mtx, features.tsv, barcodes.tsv), "replace": bool (optional)}. The result
 is <datasets_dir>/<dataset_id>.h5ad, written to a temp file and renamed, so a reader
 never sees half a dataset and a killed import leaves nothing behind. The SHA-256 of the
 upload is recorded in the file: importing the same upload again replies success 2 and
@@ -20,23 +21,25 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
+from ..fields import get_choice, get_field, get_safe_id, reject_unknown
 from ..files import (
     atomic_output,
     describe,
+    exclusive,
     remove_stale_temps,
     require_dir,
     require_space,
     sha256_file,
 )
-from ..matrixio.convert import MatrixSummary, check_h5ad, copy_h5ad, stamp, text_to_h5ad
-from ..matrixio.delimited import DELIMITERS, GZIP_MAGIC
-from ..matrixio.h5ad_writer import read_provenance
-from ..projectr.locks import exclusive
-from ..projectr.targets import TARGET_SUFFIXES
+from ..matrices.convert import MatrixSummary, check_h5ad, copy_h5ad, stamp, text_to_h5ad
+from ..matrices.delimited import DELIMITERS, GZIP_MAGIC
+from ..matrices.h5ad_writer import read_provenance
+from ..matrices.targets import TARGET_SUFFIXES
+from ..matrices.tenx import TenxFolder, find_members, folder_checksum, mtx_to_h5ad
+from ..matrices.tenx import uncompressed_size as folder_size
 from .base import Job, JobContext
-from .fields import get_choice, get_field, get_safe_id, reject_unknown
 
-FORMATS = ("csv", "tsv", "h5ad")
+FORMATS = ("csv", "tsv", "h5ad", "mtx")
 #: Upload name endings that say the format (checked lower-case, longest first).
 EXTENSIONS = ((".csv.gz", "csv"), (".tsv.gz", "tsv"), (".tab.gz", "tsv"), (".csv", "csv"),
               (".tsv", "tsv"), (".tab", "tsv"), (".h5ad", "h5ad"))
@@ -76,12 +79,16 @@ class DatasetImportJob(Job[ImportRequest]):
         datasets = require_dir(paths.datasets_dir, "datasets_dir")
         final = datasets / f"{request.dataset_id}.h5ad"
         label = f"upload '{request.upload}'"
-        _check_upload(source, request.format, label, paths.uploads_dir)
+        folder = None
+        if request.format == "mtx":
+            folder = _check_folder(source, label, paths.uploads_dir)
+        else:
+            _check_upload(source, request.format, label, paths.uploads_dir)
         lock = paths.state_dir / "locks" / self.name / f"{request.dataset_id}.lock"
         with exclusive(lock, purpose=f"importing dataset {request.dataset_id}"):
             remove_stale_temps(final)
             try:
-                checksum = sha256_file(source)
+                checksum = sha256_file(source) if folder is None else folder_checksum(folder)
             except OSError as error:
                 raise TransientJobError(f"cannot read {label}: {describe(error)}") from None
             done = _already_imported(request, final, checksum)
@@ -90,17 +97,21 @@ class DatasetImportJob(Job[ImportRequest]):
                                  request.dataset_id)
                 return done
             _refuse_conflicts(request, datasets)
-            require_space(datasets, _expected_size(source), "datasets_dir")
-            summary = self._write(request, source, final, label, checksum, context)
+            expected = _expected_size(source) if folder is None else folder_size(folder)
+            require_space(datasets, expected, "datasets_dir")
+            summary = self._write(request, source, final, label, checksum, context, folder)
         return _reply(1, request, summary, checksum, _imported_message(request, summary))
 
     def _write(self, request: ImportRequest, source: Path, final: Path, label: str,
-               checksum: str, context: JobContext) -> MatrixSummary:
+               checksum: str, context: JobContext,
+               folder: TenxFolder | None = None) -> MatrixSummary:
         context.log.info("importing %s (%s) as dataset %s", source, request.format,
                          request.dataset_id)
         try:
             with atomic_output(final) as temp:
-                if request.format == "h5ad":
+                if folder is not None:
+                    summary = mtx_to_h5ad(folder, temp)
+                elif request.format == "h5ad":
                     summary = check_h5ad(source, label=label)
                     copy_h5ad(source, temp)
                 else:
@@ -139,6 +150,21 @@ def _check_upload(source: Path, fmt: str, label: str, folder: Path) -> None:
     if fmt != "h5ad" and head.startswith(HDF5_MAGIC):
         raise PermanentJobError(f"{label} is an HDF5 file, not {fmt.upper()} text: give "
                                 f"format 'h5ad'")
+
+
+def _check_folder(source: Path, label: str, folder: Path) -> TenxFolder:
+    """An MTX upload is a folder holding the triplet (and maybe obs.tsv / var.tsv)."""
+    if not source.exists():
+        raise PermanentJobError(f"{label} not found in uploads_dir {folder}")
+    if not source.is_dir():
+        raise PermanentJobError(f"{label} in uploads_dir {folder} is not a folder: format "
+                                f"'mtx' wants a folder holding matrix.mtx[.gz], "
+                                f"features.tsv[.gz] (or genes.tsv[.gz]) and barcodes.tsv[.gz]")
+    try:
+        return find_members(source, label)
+    except PermissionError as error:
+        raise PermanentJobError(f"{label} in uploads_dir {folder} cannot be read: "
+                                f"{error.strerror}") from None
 
 
 def _expected_size(source: Path) -> int:

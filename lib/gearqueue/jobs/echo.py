@@ -1,8 +1,9 @@
 """The diagnostic echo job: proves the path end to end and lets tests inject failures.
 
 Body: {"data": <any JSON>, "sleep": seconds (optional), "fail": null | "permanent" |
-"transient" | "crash"}. `crash` kills the executor child with SIGKILL, the way a
-segfault in R would, so the runtime's crash path can be exercised for real.
+"transient" | "crash"}. `crash` kills the process it runs in with SIGKILL (the executor
+child, or the consumer itself when inline), the way a segfault in R would, so the
+runtime's crash path can be exercised for real.
 
 Two optional fields exist for the failure tests (docs/echo.md):
 - "mark": true gives the job a countable side effect, made the way a real job must make
@@ -27,9 +28,9 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import InvalidMessage, PermanentJobError, TransientJobError
+from ..fields import get_choice, get_field, reject_unknown
 from ..files import write_atomically
-from .base import Job, JobContext
-from .fields import get_choice, get_field, reject_unknown
+from .base import INLINE, Job, JobContext
 
 FAIL_MODES = ("permanent", "transient", "crash")
 #: A longer sleep is almost certainly a mistake in a diagnostic message.
@@ -50,6 +51,8 @@ class EchoRequest:
 
 class EchoJob(Job[EchoRequest]):
     name = "echo"
+    #: A no-op job: a process hop would cost more than the job (docs/performance.md).
+    isolation = INLINE
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -85,15 +88,16 @@ class EchoJob(Job[EchoRequest]):
         if request.fail == "transient":
             raise TransientJobError("echo asked to fail transiently")
         if request.fail == "crash":
-            if not context.isolated:
-                raise PermanentJobError("echo 'crash' needs an executor child; it is not "
-                                        "done in-process (queue_enabled = 0)")
+            if not context.consumer:
+                raise PermanentJobError("echo 'crash' needs a consumer; it is not done "
+                                        "in-process (queue_enabled = 0)")
             os.kill(os.getpid(), signal.SIGKILL)
         if request.mark:
             self._mark(context)
         return {"success": 1, "echo": request.data, "attempt": context.attempt}
 
     def _mark(self, context: JobContext) -> None:
+        context.confirm_lock()  # a job whose lock is gone makes no effect
         folder = self.settings.paths.exports_dir / MARKS_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         mark = folder / context.job_id

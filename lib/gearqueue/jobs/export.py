@@ -1,35 +1,50 @@
 """export: write a dataset, or one of its projections, as CSV or TSV for download.
 
-Message: {"dataset_id", "format": "csv" | "tsv", "projection_id" (optional)}. Without
+Message: {"dataset_id", "format": "csv" | "tsv" | "zip", "projection_id" (optional),
+"group_by" (optional, zip of a projection: an obs column)}. Without
 a projection the dataset (<datasets_dir>/<dataset_id>.h5ad, .csv or .tsv, found the
 way ProjectR finds it) is written genes x samples, the layout dataset_import reads, so
 an export imports back to the same numbers. With one, the projection's CSV
 (<projections_dir>/by_dataset/<dataset_id>/<projection_id>.csv, samples x patterns) is
 written. The file is <exports_dir>/<dataset_id>[.<projection_id>].<format>, written to
 a temp file and renamed. A large .h5ad streams through in blocks of genes, each read
-chunk of samples by chunk of samples, so memory stays bounded. See docs/export.md.
+chunk of samples by chunk of samples, so memory stays bounded. A zip adds the
+metadata and a heatmap (gearqueue/exports/), and is reused when the same request finds
+a verified zip of the same inputs. See docs/export.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ..errors import PermanentJobError, TransientJobError
-from ..files import atomic_output, describe, remove_stale_temps, require_dir
-from ..matrixio import GeneBlock
-from ..matrixio.chunks import gene_blocks
-from ..matrixio.delimited import DELIMITERS, DelimitedReader, write_delimited
-from ..projectr.locks import exclusive
+from ..errors import InvalidMessage, PermanentJobError, TransientJobError
+from ..exports.zip_export import export_zip
+from ..fields import SAFE_ID, get_choice, get_field, get_safe_id, reject_unknown
+from ..files import (
+    atomic_output,
+    describe,
+    exclusive,
+    remove_stale_temps,
+    require_dir,
+    sha256_file,
+)
+from ..matrices import GeneBlock
+from ..matrices.chunks import gene_blocks
+from ..matrices.delimited import DELIMITERS, DelimitedReader, write_delimited
+from ..matrices.tables import read_text_matrix
+from ..matrices.targets import find_target, open_target
 from ..projectr.outputs import ProjectionFiles
-from ..projectr.tables import read_text_matrix
-from ..projectr.targets import find_target, open_target
 from .base import Job, JobContext
-from .fields import get_choice, get_safe_id, reject_unknown
 
-FORMATS = ("csv", "tsv")
+FORMATS = ("csv", "tsv", "zip")
+#: An obs column name: any text but control characters, at most this long.
+GROUP_BY_LIMIT = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Bytes of values an export holds at once (a block of genes x every sample); the
 #: process peaks at about three times this (the reads of a chunk of samples).
 EXPORT_BUDGET = 64 * 1024 * 1024
@@ -40,11 +55,22 @@ class ExportRequest:
     dataset_id: str
     format: str
     projection_id: str | None
+    group_by: str | None = None
 
     @property
     def file_name(self) -> str:
-        parts = [self.dataset_id, self.projection_id, self.format]
+        """Deterministic: the same request names the same file."""
+        grouping = None
+        if self.group_by is not None:  # a column name need not be a safe file name
+            grouping = "by-" + (self.group_by if SAFE_ID.match(self.group_by) else
+                                hashlib.sha256(self.group_by.encode()).hexdigest()[:16])
+        parts = [self.dataset_id, self.projection_id, grouping, self.format]
         return ".".join(part for part in parts if part)
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = {"dataset_id": self.dataset_id, "format": self.format,
+                  "projection_id": self.projection_id, "group_by": self.group_by}
+        return {key: value for key, value in fields.items() if value is not None}
 
 
 class ExportJob(Job[ExportRequest]):
@@ -53,11 +79,21 @@ class ExportJob(Job[ExportRequest]):
     budget = EXPORT_BUDGET
 
     def validate(self, payload: Mapping[str, Any]) -> ExportRequest:
-        reject_unknown(payload, ("dataset_id", "format", "projection_id"))
+        reject_unknown(payload, ("dataset_id", "format", "projection_id", "group_by"))
         dataset_id = cast(str, get_safe_id(payload, "dataset_id"))
         fmt = cast(str, get_choice(payload, "format", FORMATS))
         projection_id = get_safe_id(payload, "projection_id", required=False)
-        return ExportRequest(dataset_id, fmt, projection_id)
+        group_by = get_field(payload, "group_by", str, required=False)
+        if group_by is not None:
+            if fmt != "zip" or projection_id is None:
+                raise InvalidMessage("field 'group_by' groups the samples of a projection's "
+                                     "heatmap: it needs \"format\": \"zip\" and a "
+                                     "'projection_id'")
+            if not group_by or len(group_by) > GROUP_BY_LIMIT or _CONTROL.search(group_by):
+                raise InvalidMessage(f"field 'group_by' must name an obs column: 1-"
+                                     f"{GROUP_BY_LIMIT} characters, no control characters; "
+                                     f"got {group_by[:60]!r}")
+        return ExportRequest(dataset_id, fmt, projection_id, group_by)
 
     def run(self, request: ExportRequest, context: JobContext) -> dict[str, Any]:
         exports = require_dir(self.settings.paths.exports_dir, "exports_dir")
@@ -65,6 +101,8 @@ class ExportJob(Job[ExportRequest]):
         lock = self.settings.paths.state_dir / "locks" / self.name / f"{final.name}.lock"
         with exclusive(lock, purpose=f"exporting {final.name}"):
             remove_stale_temps(final)
+            if request.format == "zip":
+                return self._export_zip(request, final, context)
             if request.projection_id is None:
                 num_rows, num_columns, what = self._export_dataset(request, final)
             else:
@@ -75,6 +113,28 @@ class ExportJob(Job[ExportRequest]):
                 "num_columns": num_columns,
                 "message": f"exported {what} to {final.name} in exports_dir: {num_rows} "
                            f"rows x {num_columns} columns"}
+
+    def _export_zip(self, request: ExportRequest, final: Path,
+                    context: JobContext) -> dict[str, Any]:
+        paths = self.settings.paths
+        datasets = paths.datasets_dir
+        if request.projection_id is None or request.group_by is not None:
+            datasets = require_dir(datasets, "datasets_dir")
+        result = export_zip(final=final, request=request.as_dict(), datasets_dir=datasets,
+                            projections_dir=paths.projections_dir, budget=self.budget)
+        table = result.metadata["table"]
+        size, checksum = final.stat().st_size, sha256_file(final)
+        what = (f"dataset '{request.dataset_id}'" if request.projection_id is None else
+                f"projection '{request.projection_id}' of dataset '{request.dataset_id}'")
+        done = ("reused the verified" if result.reused else "wrote")
+        context.log.info("%s zip %s: %d bytes, SHA-256 %s", done, final, size, checksum)
+        return {"success": 2 if result.reused else 1, "file": final.name,
+                "path": str(final), "size": size, "sha256": checksum,
+                "num_rows": table["rows"], "num_columns": table["columns"],
+                "members": sorted([*result.metadata["members"], "metadata.json"]),
+                "message": f"{done} export of {what} as {final.name} in exports_dir "
+                           f"({size} bytes; {table['rows']} rows x {table['columns']} "
+                           f"columns, {table['layout']})"}
 
     def _export_dataset(self, request: ExportRequest, final: Path) -> tuple[int, int, str]:
         datasets = require_dir(self.settings.paths.datasets_dir, "datasets_dir")

@@ -4,25 +4,37 @@ Orchestration only; the steps live in `gearqueue.projectr` (see its package docs
 and the contract is docs/projectr.md. Reply `success`: 1 computed now, 2 an identical
 projection was already complete (found at once, or finished by another worker while
 this one waited on its lock), and -1 (raised as a JobError) for every bad input.
+
+Under `[projectr_service] contract = gear` the job also keeps gEAR's status file and
+follows gEAR's file names, lock and preprocessing (`projectr.gear_*` modules).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import Settings
+from ..config import GEAR, Settings
 from ..errors import JobError, PermanentJobError
-from ..projectr import locks
+from ..fields import get_safe_id
+from ..files import exclusive
+from ..matrices.targets import open_target
+from ..projectr import gear_contract, gear_status
 from ..projectr.carts import Loadings, read_cart
 from ..projectr.engine import DEFAULT_ENGINE, Engine, make_engine
+from ..projectr.gear_files import GearProjectionFiles, gear_lock
 from ..projectr.matching import check_matched_loadings, match_genes
 from ..projectr.outputs import ProjectionFiles, find_complete, publish, require_root
 from ..projectr.projection import CHUNK_BYTES, ProjectionResult, project
 from ..projectr.request import LEAST_SQUARES, ProjectRRequest, parse_request
-from ..projectr.targets import open_target
 from .base import Job, JobContext
+
+if TYPE_CHECKING:
+    from ..worker.outcome import Outcome
+
+log = logging.getLogger(__name__)
 
 COMPUTED, REUSED = 1, 2
 
@@ -33,12 +45,13 @@ class ProjectRJob(Job[ProjectRRequest]):
     def __init__(self, settings: Settings, *, engine: str | None = None,
                  chunk_bytes: int = CHUNK_BYTES) -> None:
         super().__init__(settings)
-        # Explicit choice: the argument, else a [projectr_service] engine key if the
-        # settings have one, else R (the reference implementation).
-        configured = getattr(settings.services.get(self.name), "engine", None)
-        self.engine_name: str = engine or configured or DEFAULT_ENGINE
+        # The argument (tests, benchmarks), else R, the reference implementation.
+        self.engine_name: str = engine or DEFAULT_ENGINE
         self.chunk_bytes = chunk_bytes
         self._engine: Engine | None = None
+        service = settings.services.get(self.name)
+        #: contract = gear: gEAR's status file, names, lock and preprocessing.
+        self.gear = service is not None and service.contract == GEAR
 
     @property
     def engine(self) -> Engine:
@@ -52,17 +65,53 @@ class ProjectRJob(Job[ProjectRRequest]):
         """Start R (and check its packages) before the first job, in the executor child."""
         _ = self.engine
 
+    @property
+    def reruns_fresh_duplicates(self) -> bool:
+        # gEAR republishes an identical message to ask again, then polls the status file.
+        return self.gear
+
     def validate(self, payload: Mapping[str, Any]) -> ProjectRRequest:
-        return parse_request(payload)
+        if not self.gear:
+            return parse_request(payload)
+        request = parse_request(payload, gear_contract.gear_projection_id)
+        gear_contract.check_request(request)
+        return request
 
     def run(self, request: ProjectRRequest, context: JobContext) -> dict[str, Any]:
-        files = ProjectionFiles(self.settings.paths.projections_dir, request.dataset_id,
-                                request.genecart_id, request.projection_id)
+        if not self.gear:
+            return self._run(request, context)
+        root = self.settings.paths.projections_dir
+        gear_status.write_status(root, request.projection_id, gear_status.RUNNING,
+                                 {"projection_id": request.projection_id})
+        reply = self._run(request, context)
+        gear_status.write_status(root, request.projection_id, gear_status.COMPLETE, reply)
+        return reply
+
+    def on_final_failure(self, job_id: str, payload: Mapping[str, Any] | None,
+                         outcome: Outcome) -> None:
+        """Under gEAR's contract, tell gEAR's poller: the status file says failed."""
+        if not self.gear:
+            return
+        projection_id = _projection_id_of(payload)
+        if projection_id is None:
+            log.warning("job %s failed for good, but its message names no projection, so "
+                        "gEAR's status file cannot say so", job_id)
+            return
+        result = {"success": -1, "projection_id": projection_id,
+                  **{key: outcome.reply[key] for key in COUNT_FIELDS if key in outcome.reply}}
+        gear_status.write_status(self.settings.paths.projections_dir, projection_id,
+                                 gear_status.FAILED, result, outcome.message or "failed")
+
+    def _run(self, request: ProjectRRequest, context: JobContext) -> dict[str, Any]:
+        root = self.settings.paths.projections_dir
+        files = (GearProjectionFiles if self.gear else ProjectionFiles)(
+            root, request.dataset_id, request.genecart_id, request.projection_id)
         needs_pval = request.full_output and request.algorithm == "nmf"
         require_root(files)  # before the lock file's folder is created under it
         done = find_complete(files, request.algorithm, request.zscore, needs_pval)
         if done is None:
-            with locks.exclusive(files.lock, purpose=f"projection {request.projection_id}"):
+            hold = gear_lock if self.gear else exclusive
+            with hold(files.lock, purpose=f"projection {request.projection_id}"):
                 # Another worker may have finished it while we waited for the lock.
                 done = find_complete(files, request.algorithm, request.zscore, needs_pval)
                 if done is None:
@@ -88,13 +137,15 @@ class ProjectRJob(Job[ProjectRRequest]):
             match = match_genes(target.gene_ids, cart.gene_ids)
             fields.update(num_common_genes=len(match),
                           num_genecart_genes=cart.num_unique_genes,
-                          num_dataset_genes=len(target.gene_ids))
+                          # gEAR counts the dataset's genes after dropping duplicates
+                          num_dataset_genes=len(set(target.gene_ids)) if self.gear
+                          else len(target.gene_ids))
             loadings = cart.values[match.loading_rows]
+            if self.gear:
+                loadings = gear_contract.fill_missing(loadings)
             _check_inputs(request, cart, len(match), fields)
             check_matched_loadings(loadings, match, cart.pattern_names)
-            result = project(target, match.target_rows, loadings, request.algorithm,
-                             zscore=request.zscore, full_output=request.full_output,
-                             engine=self.engine, chunk_bytes=self.chunk_bytes)
+            result = self._project(request, target, match.target_rows, loadings)
             entry = {"uuid": request.projection_id, "algorithm": request.algorithm,
                      **{key: fields[key] for key in COUNT_FIELDS},
                      "zscore": request.zscore, "scope": request.scope,
@@ -114,6 +165,30 @@ class ProjectRJob(Job[ProjectRRequest]):
                             *notes(request, result, cart.pattern_names)])
         return {"success": COMPUTED, "message": message,
                 "projection_id": request.projection_id, **counts}
+
+
+    def _project(self, request: ProjectRRequest, target: Any, genes: Any, loadings: Any
+                 ) -> ProjectionResult:
+        def run(prepare: gear_contract.Prepare | None) -> ProjectionResult:
+            return project(target, genes, loadings, request.algorithm,
+                           zscore=request.zscore, full_output=request.full_output,
+                           engine=self.engine, chunk_bytes=self.chunk_bytes, prepare=prepare)
+        if not self.gear:
+            return run(None)
+        preprocessing = gear_contract.GearPreprocessing(request.algorithm,
+                                                        len(target.sample_ids))
+        return preprocessing.finish(run(preprocessing), run)
+
+
+def _projection_id_of(payload: Mapping[str, Any] | None) -> str | None:
+    """The projection a (possibly bad) message is about, if it says so safely."""
+    if payload is None:
+        return None
+    try:
+        given = get_safe_id(payload, "projection_id", required=False)
+        return given or parse_request(payload, gear_contract.gear_projection_id).projection_id
+    except JobError:
+        return None
 
 
 COUNT_FIELDS = ("num_common_genes", "num_genecart_genes", "num_dataset_genes")

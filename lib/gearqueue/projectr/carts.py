@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PermanentJobError
-from .tables import read_text_matrix
+from ..matrices.tables import read_text_matrix
 
 UNWEIGHTED_PATTERN = "unweighted"
 

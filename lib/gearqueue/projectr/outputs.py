@@ -27,7 +27,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..errors import PermanentJobError, TransientJobError
-from . import locks
+from ..files import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def publish(files: ProjectionFiles, sample_ids: list[str], pattern_names: list[s
     require_root(files)
     try:
         files.dataset_dir.mkdir(parents=True, exist_ok=True)
-        for stale in files.dataset_dir.glob(f".{files.projection_id}.*.tmp"):
+        for stale in files.dataset_dir.glob(f".{files.projection_id}[._]*.tmp"):
             stale.unlink(missing_ok=True)
         files.genecart_dir.mkdir(parents=True, exist_ok=True)
         written = [files.csv]
@@ -159,7 +159,7 @@ def read_index(path: Path) -> dict[str, Any]:
 
 def update_index(path: Path, key: str, entry: dict[str, Any]) -> None:
     """Add `entry` under `key`, replacing an entry with the same uuid; atomic and locked."""
-    with locks.exclusive(path.with_name(f".{path.name}.lock"), purpose=f"updating {path}"):
+    with exclusive(path.with_name(f".{path.name}.lock"), purpose=f"updating {path}"):
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
             stale.unlink(missing_ok=True)
         index = read_index(path)

@@ -16,12 +16,13 @@ become 0.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..matrices.targets import Target
 from .engine import Engine
-from .targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,14 @@ def chunk_size(num_samples: int, num_genes: int, target_bytes: int,
 
 def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: str, *,
             zscore: bool, full_output: bool, engine: Engine,
-            chunk_bytes: int = CHUNK_BYTES) -> ProjectionResult:
-    """Project the target's `genes` (rows, matched order) onto `loadings` (same genes)."""
+            chunk_bytes: int = CHUNK_BYTES,
+            prepare: Callable[[np.ndarray, int, int], None] | None = None
+            ) -> ProjectionResult:
+    """Project the target's `genes` (rows, matched order) onto `loadings` (same genes).
+
+    `prepare(chunk, start, stop)`, if given, changes each chunk (samples start..stop x
+    genes) in place after the z-scores: a contract's own preprocessing (gEAR's).
+    """
     num_samples, num_genes = len(target.sample_ids), len(genes)
     step = chunk_size(num_samples, num_genes, target.bytes_per_sample(genes), chunk_bytes)
     scaling = gene_scaling(target, genes, step) if zscore else None
@@ -72,6 +79,8 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
             target.read(start, stop, genes, data)
             if scaling is not None:
                 standardise(data, *scaling)
+            if prepare is not None:
+                prepare(data, start, stop)
             result = engine.project(fit, data)
             if algorithm == "pca_centered":
                 centred_na = centred_na or result.flagged > 0

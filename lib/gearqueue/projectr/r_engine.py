@@ -102,7 +102,7 @@ class REngine:
             sumsq = np.einsum("ij,ij->i", data, data) if fit.full_output else np.empty(0)
             result = self._call("gq_nmf_chunk", fit.state, matrix,
                                 ri.BoolSexpVector([fit.full_output]),
-                                ri.FloatSexpVector.from_memoryview(memoryview(sumsq)))
+                                ri.FloatSexpVector.from_memoryview(sumsq.data))
         elif fit.algorithm == "fixednmf":
             result = self._call("gq_nnls_chunk", fit.state, matrix)
         elif fit.algorithm == "binary":
@@ -125,7 +125,7 @@ class REngine:
         ri = self._ri
         rows, columns = array.shape
         vector = ri.FloatSexpVector.from_memoryview(
-            memoryview(np.ascontiguousarray(array.T, dtype=np.float64).reshape(-1)))
+            np.ascontiguousarray(array.T, dtype=np.float64).reshape(-1).data)
         return ri.baseenv["matrix"](vector, nrow=ri.IntSexpVector([rows]),
                                     ncol=ri.IntSexpVector([columns]))
 

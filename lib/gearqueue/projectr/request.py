@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 from ..errors import InvalidMessage
-from ..jobs.fields import get_choice, get_field, get_safe_id
+from ..fields import get_choice, get_field, get_safe_id
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,12 @@ class ProjectRRequest:
     session_id: str | None = None
 
 
-def parse_request(payload: Mapping[str, Any]) -> ProjectRRequest:
-    """The validated request, or InvalidMessage naming the first bad field."""
+def parse_request(payload: Mapping[str, Any], default_id: Callable[[str, str, str, bool], str]
+                  | None = None) -> ProjectRRequest:
+    """The validated request, or InvalidMessage naming the first bad field.
+
+    `default_id` names a projection whose message carries no projection_id
+    (default_projection_id; gEAR's own under contract = gear)."""
     unknown = sorted(set(payload) - set(KNOWN_FIELDS))
     if unknown:
         log.warning("projectr message: ignoring unknown field(s) %s", ", ".join(unknown))
@@ -62,7 +66,8 @@ def parse_request(payload: Mapping[str, Any]) -> ProjectRRequest:
         raise InvalidMessage(f"field 'session_id' is longer than {MAX_SESSION_ID} characters")
     projection_id = get_safe_id(payload, "projection_id", required=False)
     if projection_id is None:
-        projection_id = default_projection_id(dataset_id, genecart_id, algorithm, zscore)
+        projection_id = (default_id or default_projection_id)(dataset_id, genecart_id,
+                                                              algorithm, zscore)
     return ProjectRRequest(dataset_id=dataset_id, genecart_id=genecart_id,
                            projection_id=projection_id, scope=scope, algorithm=algorithm,
                            zscore=zscore, full_output=full_output, session_id=session_id)
@@ -72,9 +77,10 @@ def default_projection_id(dataset_id: str, genecart_id: str, algorithm: str,
                           zscore: bool) -> str:
     """A UUID that depends only on what the projection is.
 
-    Without z-scores it is exactly gEAR's own id (the MD5 of "dataset-cart-algorithm" read
-    as a UUID), so projections gEAR computed before are found and reused; z-scored
-    projections get their own id.
+    The MD5 of "dataset-cart-algorithm" read as a UUID, "-zscore" appended when z-scored.
+    This is NOT gEAR's current id, which hashes zscore always ("...-False"/"...-True"):
+    contract = gear uses that one (gear_contract.gear_projection_id). Kept here so that
+    ids this project gave out stay stable.
     """
     key = f"{dataset_id}-{genecart_id}-{algorithm}" + ("-zscore" if zscore else "")
     return str(uuid.UUID(hashlib.md5(key.encode("utf-8")).hexdigest()))

@@ -1,0 +1,533 @@
+"""The consumer's main loop: one broker channel on the main thread, jobs in the child.
+
+`Consumer.run` is the whole life of a consumer instance: connect (reconnects use
+capped exponential backoff with full jitter; the executor child survives them, so R
+stays loaded), then `serve`: take deliveries, hand them to the executor child in
+batches, keep the connection, the watchdog and the limits while the child works, and
+carry out the settlement of each batch (`settlement.plan`) against the channel.
+
+When the job-state store fails (`StateStoreUnavailable`, met by the child or by this
+process), no attempt can be counted and no result stored, so nothing can be settled:
+the batch in hand is given back to the queue untouched (a plan of give-backs, no ack)
+and the loop waits for the store (`_wait_for_store`): its consumer cancelled, its
+connection, heartbeats and watchdog kept, the store probed with capped, jittered
+back-off; then it consumes again. The jobs given back are run, or replied to from
+their stored results, when they come back; none of them has an attempt counted by the
+outage (except the one that was running, which did start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..backoff import full_jitter
+from ..config import Settings
+from ..errors import (
+    BrokerUnavailable,
+    ExecutorCrashed,
+    ExecutorDied,
+    HardTimeLimitExceeded,
+    InvalidMessage,
+    MemoryLimitExceeded,
+    PublishError,
+    StateStoreUnavailable,
+    TopologyMismatch,
+)
+from ..jobs import load_job
+from ..log import fields
+from ..message import Envelope, decode_payload, envelope_of
+from ..state import open_store
+from ..state.migrate import import_record_files
+from . import settlement, testhook
+from .channel import Channel, Delivery
+from .child import Finished, JobOrder
+from .executor import JobExecutor, executor_for
+from .limits import Kill, Limits, SignalSoftLimit
+from .notify import Notifier
+from .outcome import Outcome
+from .runner import record_failure
+from .settlement import Ack, GiveBack, Plan, Publish, Reply, Settled
+from .stop import StopRequest
+
+log = logging.getLogger(__name__)
+
+#: How often the main loop turns while a job runs: heartbeats, watchdog, limits.
+JOB_POLL_SECONDS = 0.2
+IDLE_POLL_SECONDS = 1.0
+#: Back-off of the probes of a job-state store that failed: full jitter, from 0.5 s,
+#: capped, so a fleet that lost the same database does not come back at one instant.
+STORE_PROBE_BASE_SECONDS = 0.5
+STORE_PROBE_MAX_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One delivery on its way through the executor child."""
+
+    delivery: Delivery
+    envelope: Envelope
+    payload: dict[str, Any]
+    fresh: bool
+
+
+@dataclass(frozen=True)
+class InFlightBatch:
+    """Deliveries handed to the child together, in delivery order."""
+
+    jobs: list[InFlight]
+    channel: Channel
+    #: time.time() just before the hand-over: a state record updated since is from it.
+    handed_at: float
+    started: float
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The jobs of a batch that finished (in order), and those to give back: never
+    started, or, after `store_fault`, the whole batch (nothing could be recorded)."""
+
+    settled: list[Settled]
+    unstarted: list[Delivery]
+    store_fault: StateStoreUnavailable | None = None
+
+    @classmethod
+    def given_back(cls, deliveries: list[Delivery], fault: StateStoreUnavailable
+                   ) -> BatchResult:
+        return cls([], deliveries, fault)
+
+
+class Consumer:
+    def __init__(self, settings: Settings, job_type: str, *, identifier: str,
+                 stop: StopRequest | None = None, notifier: Notifier | None = None,
+                 executor: JobExecutor | None = None,
+                 open_channel: Callable[[], Channel] | None = None) -> None:
+        """`executor` and `open_channel` are for tests that drive the loop in-process
+        (a warm child shared by several, a channel that records what it is asked)."""
+        self.settings = settings
+        self.service = settings.service(job_type)
+        self.identifier = identifier
+        self.stop = stop or StopRequest()
+        self.notifier = notifier or Notifier()
+        self.store = open_store(settings, job_type)
+        self.limits = Limits(self.service)
+        self.executor: JobExecutor = executor or executor_for(
+            settings, self.service, identifier, keep_alive=self._keep_alive_during_batch,
+            stop_requested=lambda: self.stop.requested)
+        self.job_log = settlement.JobLog(self.service)
+        # The broker of the channel before (lost, or cancelled us) is tried last.
+        self._open_channel = open_channel or (
+            lambda: Channel(self.settings, self.service, self.identifier,
+                            avoid=getattr(self.channel, "url", None)))
+        self.channel: Channel | None = None
+        self._last_start = 0.0
+        #: A batch the child already runs while the previous one is settled.
+        self._next: InFlightBatch | None = None
+
+    # --- life cycle ------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stopped. Raises ConfigError/TopologyMismatch/ExecutorStartFailed."""
+        self.store.check_writable()
+        import_record_files(self.store, self.settings.paths.state_dir / self.service.job_type)
+        self.notifier.status("starting: loading the executor")
+        self.executor.start(idle=self.notifier.watchdog)
+        failures = 0
+        try:
+            while not self.stop.requested:
+                try:
+                    channel = self._open_channel()
+                except TopologyMismatch:
+                    raise
+                except BrokerUnavailable as error:
+                    failures += 1
+                    delay = full_jitter(failures, 0.5, self.settings.rabbitmq.reconnect_max_delay)
+                    log.warning("broker unavailable (attempt %d), retrying in %.1f s: %s",
+                                failures, delay, error)
+                    self.notifier.status(f"reconnecting to broker (attempt {failures})")
+                    self._sleep(delay)
+                    continue
+                failures = 0
+                log.info("consuming from '%s' (prefetch %d)", self.service.queue,
+                         self.service.prefetch, extra=fields(queue=self.service.queue))
+                self.notifier.ready("idle")
+                try:
+                    self.serve(channel)
+                except BrokerUnavailable as error:
+                    if not self.stop.requested:
+                        log.warning("lost the broker: %s; reconnecting", error)
+                finally:
+                    channel.close()
+        finally:
+            self.notifier.stopping()
+            self.executor.shutdown()
+            self.job_log.flush()
+            log.info("stopped")
+
+    def serve(self, channel: Channel) -> None:
+        """Consume from `channel` until a stop is asked for (then give back what was not
+        started), or until it fails (BrokerUnavailable)."""
+        self.channel = channel
+        try:
+            while not self.stop.requested or self._next is not None:
+                if self._next is not None:  # started already: it is the current batch
+                    batch, self._next = self._next, None
+                    self._finish(batch)
+                    continue
+                if channel.peek() is not None:
+                    self._take(channel)
+                    continue
+                if channel.cancelled:  # after settling what it had: nothing is abandoned
+                    raise BrokerUnavailable("consumer cancelled by the broker")
+                self.notifier.status("idle")
+                self.notifier.watchdog()
+                channel.pump(IDLE_POLL_SECONDS)
+            channel.stop_consuming()
+            channel.pump(0)
+        finally:
+            self._drain_next()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop.requested and time.monotonic() < deadline:
+            self.notifier.watchdog()
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+
+    # --- deliveries --------------------------------------------------------------------
+
+    def _take(self, channel: Channel) -> None:
+        """Run the deliveries the channel holds: a batch of those that decode, or settle
+        the first one that does not."""
+        delivery = channel.next_delivery()
+        assert delivery is not None
+        try:
+            first = self._in_flight(delivery)
+        except InvalidMessage as error:
+            self._reject(delivery, error)
+            return
+        if not self.executor.running:
+            self.executor.start(idle=self._keep_alive)
+        self._respect_rate_limit()
+        self._finish(self._start_batch(channel, first))
+
+    def _in_flight(self, delivery: Delivery) -> InFlight:
+        payload = decode_payload(delivery.properties, delivery.body,
+                                 self.service.max_message_bytes)
+        return InFlight(delivery, envelope_of(delivery.properties, delivery.body), payload,
+                        fresh=not (delivery.redelivered or delivery.retried))
+
+    def _start_batch(self, channel: Channel, first: InFlight) -> InFlightBatch:
+        """Hand the child `first` and the deliveries after it that decode, in one message.
+
+        One message there and one back for the whole batch: with batch_size > 1 the
+        process wake-ups, pickling and the ack are paid per batch, not per job. Each
+        job still has its attempt and its result stored by the child, in order.
+        """
+        limit = 1 if self.service.rate_limit else min(
+            self.service.jobs_per_batch, self.limits.allowance(self.executor.jobs_done))
+        jobs = [first]
+        while len(jobs) < limit and (delivery := channel.peek()) is not None:
+            try:
+                job = self._in_flight(delivery)
+            except InvalidMessage:
+                break  # rejected in its turn
+            channel.next_delivery()
+            jobs.append(job)
+        handed_at = time.time()  # before: a fast child may store a result at once
+        self.executor.submit([JobOrder(job.envelope.job_id, job.payload, job.fresh)
+                              for job in jobs])
+        return InFlightBatch(jobs, channel, handed_at, time.monotonic())
+
+    def _start_next_early(self, channel: Channel) -> None:
+        """Hand the next deliveries to the child now, before this batch is settled.
+
+        The child then runs them while this thread replies and acks, instead of the two
+        taking turns. Only deliveries that can run as they are: they decode, no rate
+        limit or recycling is due, no stop was asked for. Their attempts and results
+        are stored by the child as always; this batch's replies and acks still follow
+        its stored results.
+        """
+        delivery = channel.peek()
+        if (delivery is None or self.stop.requested or self.service.rate_limit
+                or not self.executor.running or self._recycling() is not None):
+            return
+        try:
+            first = self._in_flight(delivery)
+        except InvalidMessage:
+            return  # rejected in its turn, on the usual path
+        channel.next_delivery()
+        self._next = self._start_batch(channel, first)
+
+    def _drain_next(self) -> None:
+        """The channel died with a batch started early: let it finish (its results are
+        stored; the redelivered messages reply from them), then forget it."""
+        batch, self._next = self._next, None
+        if batch is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                self._wait(batch)
+
+    # --- one batch -----------------------------------------------------------------------
+
+    def _finish(self, batch: InFlightBatch) -> None:
+        """Wait for a batch, then settle it."""
+        try:
+            result = self._wait(batch)
+        except StateStoreUnavailable as fault:  # the child's store, or ours (`_split`)
+            result = BatchResult.given_back([job.delivery for job in batch.jobs], fault)
+        if result is None:  # immediate stop: the messages went back to the queue
+            return
+        if not result.unstarted:
+            self._start_next_early(batch.channel)
+        self._settle(result)
+        self._recycle_if_needed()
+
+    def _settle(self, result: BatchResult) -> None:
+        """One plan, carried out, logged; after a store fault, a plan of give-backs
+        (consuming paused first, so the broker does not hand them straight back), and
+        then no job until the store answers."""
+        first = result.settled[0].delivery if result.settled else result.unstarted[0]
+        channel = self._channel_of(first)
+        if result.store_fault is not None:
+            channel.stop_consuming()
+        done = settlement.plan(self.service, result.settled, result.unstarted)
+        self._carry_out(channel, done)
+        self.job_log.settled(done)
+        if result.store_fault is not None:
+            self._wait_for_store(channel, result.store_fault, len(result.unstarted))
+
+    def _wait_for_store(self, channel: Channel, fault: StateStoreUnavailable,
+                        given_back: int) -> None:
+        """Take no job until the job-state store answers again (or a stop is asked).
+
+        The consumer is cancelled, so the broker hands the queue to other consumers
+        (or keeps it); the connection stays, its heartbeats and the watchdog served
+        while the store is probed with capped, full-jitter back-off.
+        """
+        where = self.store.where
+        log.warning("the job-state store failed; gave back %d job(s), taking none until "
+                    "it answers: %s", given_back, fault, extra=fields(queue=self.service.queue))
+        attempt = 0
+        while not self.stop.requested:
+            attempt += 1
+            self.notifier.status(f"waiting for the state database (attempt {attempt}): "
+                                 f"{where}")
+            self._pump_for(channel, full_jitter(attempt, STORE_PROBE_BASE_SECONDS,
+                                                STORE_PROBE_MAX_SECONDS))
+            if self.stop.requested:
+                return
+            try:
+                self.store.probe()
+            except StateStoreUnavailable as error:
+                log.info("waiting for the state database (attempt %d): %s", attempt, error)
+                continue
+            log.info("the state database answers again (attempt %d); consuming from '%s'",
+                     attempt, self.service.queue, extra=fields(queue=self.service.queue))
+            channel.resume()
+            return
+
+    def _pump_for(self, channel: Channel, seconds: float) -> None:
+        """Serve heartbeats and the watchdog for `seconds` (less if a stop is asked)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.requested:
+            self.notifier.watchdog()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            channel.pump(min(left, JOB_POLL_SECONDS))
+
+    def _wait(self, batch: InFlightBatch) -> BatchResult | None:
+        """Keep the connection, the watchdog and the limits while the child runs the batch.
+
+        Returns what became of its jobs, or None after an immediate stop.
+        """
+        broker_lost: BrokerUnavailable | None = None
+        while True:
+            try:
+                finished = self.executor.poll(JOB_POLL_SECONDS)
+            except ExecutorDied as died:
+                return self._split(batch, died.done, ExecutorCrashed(str(died)))
+            except StateStoreUnavailable:
+                if broker_lost is not None:
+                    raise broker_lost from None  # redelivered anyway, after the reconnect
+                raise
+            if finished is not None:
+                if broker_lost is not None:
+                    raise broker_lost  # results are stored; the redeliveries reply from them
+                return self._finished(batch, finished)
+            current = batch.jobs[max(self.executor.current, 0)].envelope.job_id
+            elapsed = self.executor.elapsed()
+            self._report(f"job {current} running {elapsed:.0f} s")
+            if self.stop.immediate:
+                self.executor.kill()
+                if broker_lost is None:
+                    for job in batch.jobs:
+                        batch.channel.requeue(job.delivery)
+                return None
+            if broker_lost is None:
+                broker_lost = self._pump_during(batch.channel, current)
+            action = self.limits.during_job(elapsed, self._rss())
+            if isinstance(action, SignalSoftLimit):
+                self.executor.signal_soft_limit()
+            elif isinstance(action, Kill):
+                index = max(self.executor.current, 0)
+                self.executor.kill()
+                return self._split(batch, index, action.error)
+
+    def _report(self, status: str) -> None:
+        """STATUS and WATCHDOG while a job runs; after SIGTERM, say so now, not only
+        once the job is done (and start no further job of the batch)."""
+        if self.stop.requested:
+            self.executor.stop_after_current()
+            self.notifier.stopping(f"{status}, stopping after it")
+        else:
+            self.notifier.status(status)
+        self.notifier.watchdog()
+
+    @staticmethod
+    def _pump_during(channel: Channel, current: str) -> BrokerUnavailable | None:
+        """Heartbeats while the child works; a lost broker lets the job finish (its
+        result is stored, and its redelivery replies from it)."""
+        try:
+            channel.pump(0)
+        except BrokerUnavailable as error:
+            log.warning("lost the broker during job %s; letting it finish: %s",
+                        current, error)
+            return error
+        return None
+
+    @staticmethod
+    def _finished(batch: InFlightBatch, finished: list[Finished]) -> BatchResult:
+        """The child sent back the first len(finished) jobs; the rest never started."""
+        settled = [Settled(job.delivery, job.envelope, done.outcome, done.seconds)
+                   for job, done in zip(batch.jobs, finished, strict=False)]
+        return BatchResult(settled, [job.delivery for job in batch.jobs[len(settled):]])
+
+    def _split(self, batch: InFlightBatch, index: int, error: ExecutorCrashed
+               | HardTimeLimitExceeded | MemoryLimitExceeded) -> BatchResult:
+        """The child is gone in the middle of a batch, at job `index`.
+
+        Jobs before it finished; their outcomes are stored unless the batch's commit
+        was still to come (runner.py), and then they go back to the queue untouched, to
+        run again as redeliveries (their first attempt counted). The job at it may have
+        stored its outcome just before the child died (its record says); otherwise it
+        failed with `error`, recorded here since the child cannot. The jobs after it
+        never started.
+        """
+        seconds = time.monotonic() - batch.started
+        settled: list[Settled] = []
+        unstarted: list[Delivery] = []
+        for position, job in enumerate(batch.jobs[:index + 1]):
+            job_id = job.envelope.job_id
+            outcome = Outcome.from_record(self.store.get(job_id), reused=False,
+                                          since=batch.handed_at)
+            if outcome is None and position < index:
+                unstarted.append(job.delivery)
+                continue
+            settled.append(Settled(job.delivery, job.envelope,
+                                   outcome or self._failed_outside(job_id, job.payload, error),
+                                   seconds))
+        return BatchResult(settled, unstarted + [job.delivery
+                                                 for job in batch.jobs[index + 1:]])
+
+    def _reject(self, delivery: Delivery, error: InvalidMessage) -> None:
+        """A message that cannot become a job: a clear error in its reply and its state,
+        dead-lettered; the consumer goes on."""
+        envelope = envelope_of(delivery.properties, delivery.body)
+        try:
+            attempt = self._attempts_so_far(envelope.job_id) + 1
+            outcome = record_failure(self.store, envelope.job_id, Outcome.failure(
+                error, attempt, max_retries=self.service.max_retries), job=self._job_hooks())
+        except StateStoreUnavailable as fault:
+            self._settle(BatchResult.given_back([delivery], fault))
+            return
+        self._settle(BatchResult([Settled(delivery, envelope, outcome, 0.0)], []))
+
+    @staticmethod
+    def _carry_out(channel: Channel, plan: Plan) -> None:
+        """The steps of a settlement plan, in order, on the channel the jobs came from."""
+        for step in plan.steps:
+            if isinstance(step, Publish):
+                try:
+                    channel.publish_confirmed(step.exchange, step.routing_key, step.body,
+                                              step.properties)
+                except PublishError as error:
+                    # Not acked: the message comes back after the reconnect, and its
+                    # state record makes the repeat harmless.
+                    raise BrokerUnavailable(f"could not hand the job on: {error}") from error
+            elif isinstance(step, Reply):
+                channel.reply(step.reply_to, step.correlation_id, step.reply)
+            elif isinstance(step, GiveBack):
+                channel.requeue(step.delivery)
+            elif isinstance(step, Ack):
+                testhook.reached(testhook.AFTER_REPLY)
+                channel.ack(step.delivery, multiple=step.multiple)
+
+    def _channel_of(self, delivery: Delivery) -> Channel:
+        """The channel to settle on; BrokerUnavailable if the delivery's channel died."""
+        if self.channel is not delivery.channel or not delivery.channel.alive:
+            raise BrokerUnavailable("the session that received this job is gone")
+        return delivery.channel
+
+    def _failed_outside(self, job_id: str, payload: dict[str, Any],
+                        error: ExecutorCrashed | HardTimeLimitExceeded | MemoryLimitExceeded
+                        ) -> Outcome:
+        """Record a failure the child could not record itself (it is dead)."""
+        log.warning("job %s: %s", job_id, error.message, extra=fields(job_id=job_id))
+        attempt = max(self._attempts_so_far(job_id), 1)
+        return record_failure(self.store, job_id, Outcome.failure(
+            error, attempt, max_retries=self.service.max_retries), job=self._job_hooks(),
+            payload=payload)
+
+    def _job_hooks(self) -> Any:
+        """The job type's object here in the consumer, for its final-failure hook only
+        (the child has its own); built on demand, as failures are rare."""
+        return load_job(self.service.job_type)(self.settings)
+
+    # --- between batches -------------------------------------------------------------
+
+    def _keep_alive_during_batch(self) -> None:
+        """Between the jobs of an inline batch: a lost broker lets the batch finish
+        (its results are stored, and their redeliveries reply from them)."""
+        with contextlib.suppress(BrokerUnavailable):
+            self._keep_alive()
+
+    def _keep_alive(self) -> None:
+        self.notifier.watchdog()
+        if self.channel is not None and self.channel.alive:
+            self.channel.pump(0)
+
+    def _respect_rate_limit(self) -> None:
+        if self.service.rate_limit:
+            wait = self._last_start + 1 / self.service.rate_limit - time.monotonic()
+            while wait > 0 and not self.stop.immediate:
+                self._keep_alive()
+                time.sleep(min(wait, JOB_POLL_SECONDS))
+                wait = self._last_start + 1 / self.service.rate_limit - time.monotonic()
+        self._last_start = time.monotonic()
+
+    def _rss(self) -> float:
+        return self.executor.rss_mb() if self.limits.watches_memory else 0.0
+
+    def _recycling(self) -> str | None:
+        recycle = self.limits.recycling(self.executor.jobs_done, self._rss())
+        return recycle.reason if recycle is not None else None
+
+    def _recycle_if_needed(self) -> None:
+        if self._next is not None:  # the child is busy; it is recycled after that batch
+            return
+        reason = self._recycling()
+        if reason is None:
+            if self.limits.successor_due(self.executor.jobs_done):
+                self.executor.start_successor()
+        else:
+            log.info("recycling the executor child: %s", reason)
+            self.executor.stop()
+            self.executor.start(idle=self._keep_alive)
+
+    def _attempts_so_far(self, job_id: str) -> int:
+        record = self.store.get(job_id)
+        return record.attempts if record else 0
