@@ -1,13 +1,15 @@
-"""Chaos 4: 1000 jobs across two hosts' consumers on the cluster, while consumers are
-killed with SIGKILL every few seconds and the node holding the queue's leader is
-stopped twice (and started again).
+"""Chaos 4: 1000 jobs across two hosts' consumers on the cluster, with the job-state
+store on PostgreSQL, while consumers are killed with SIGKILL every few seconds, the node
+holding the queue's leader is stopped twice (and started again), and the database is
+restarted once.
 
-Proven by per-job marks and state records: 0 lost, 0 done twice in effect, every job
-`succeeded`. The figures are printed (pytest -s).
+The hosts are network namespaces (tests/netns.py); the RabbitMQ nodes and the private
+PostgreSQL cluster listen on the test bridge's address. Proven by per-job marks and
+state records: 0 lost, 0 done twice in effect, every job `succeeded`. The figures are
+printed (pytest -s).
 
-The faults are steps run at a number of finished jobs (`STEPS`), each in a thread of its
-own so the kills go on meanwhile. A restart of a private PostgreSQL state database
-belongs here as one more step once the state store can live there ([state] url).
+The faults are steps run at a number of succeeded jobs, one at a time, each in a thread
+of its own so the kills go on meanwhile.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
 from chaos.harness import Feeder, Fleet, Ledger, wait_until
 from netns import HostNetwork, NetHost
 from private_cluster import PrivateCluster
+from private_postgres import PrivatePostgres
 
 from gearqueue.state import JobStatus
 from gearqueue.topology import dead_queue, retry_queue
@@ -53,6 +56,30 @@ class LeaderBounce:
 
 
 @dataclass
+class DatabaseRestart:
+    """Restart the state database (a fast shutdown, as `systemctl restart postgresql`)."""
+
+    database: PrivatePostgres
+    seconds_away: list[float] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        started = time.monotonic()
+        self.database.restart()
+        self.seconds_away.append(time.monotonic() - started)
+
+
+@pytest.fixture
+def bridged_postgres(host_network: HostNetwork) -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL the hosts reach over the test bridge."""
+    database = PrivatePostgres(listen=(host_network.address,),
+                               clients=(f"{host_network.address}/24",)).start()
+    try:
+        yield database
+    finally:
+        database.destroy()
+
+
+@dataclass
 class Step:
     """A fault run once `after` jobs have succeeded, in a thread of its own."""
 
@@ -77,12 +104,13 @@ class Step:
         return self.thread is not None and not self.thread.is_alive()
 
 
-def test_1000_jobs_on_two_hosts_through_sigkills_and_two_leader_stops(
+def test_1000_jobs_on_two_hosts_through_sigkills_two_leader_stops_and_a_database_restart(
         cluster_config, cluster: PrivateCluster, host_network: HostNetwork,
-        hosts: list[NetHost], fleet: Fleet) -> None:
+        hosts: list[NetHost], fleet: Fleet, bridged_postgres: PrivatePostgres) -> None:
     config = cluster_config(address=host_network.address,
                             echo_service={"retry_backoff": 0.2},
-                            rabbitmq={"heartbeat": 5, "socket_timeout": 2})
+                            rabbitmq={"heartbeat": 5, "socket_timeout": 2},
+                            state={"url": bridged_postgres.url_on(host_network.address)})
     ledger = Ledger.of(config)
     consumers = [fleet.start(config, f"{host.name[-2:]}", prefix=tuple(host.command()))
                  for host in hosts]
@@ -97,7 +125,9 @@ def test_1000_jobs_on_two_hosts_through_sigkills_and_two_leader_stops(
     finally:
         feeder.close()  # its node may be stopped below
     bounce = LeaderBounce(cluster, queue)
-    steps = [Step(JOBS // 4, "first leader stop", bounce),
+    database = DatabaseRestart(bridged_postgres)
+    steps = [Step(JOBS // 5, "first leader stop", bounce),
+             Step(JOBS * 2 // 5, "database restart", database),
              Step(JOBS * 3 // 5, "second leader stop", bounce)]
 
     rng = random.Random(13)
@@ -132,13 +162,18 @@ def test_1000_jobs_on_two_hosts_through_sigkills_and_two_leader_stops(
     reruns = ledger.reruns()
     redelivered = sum(1 for record in records.values() if record and record.attempts > 1)
     lost = [job_id for job_id in job_ids if job_id not in marks]
+    waits = sum(consumer.log().count("the state database answers again")
+                for consumer in consumers)
     print(f"\nchaos 4 (cluster): jobs {JOBS} on 2 hosts in {duration:.0f} s, kills "
           f"{fleet.kills}, leader stops {len(bounce.stopped)} "
-          f"({', '.join(f'{s:.1f}' for s in bounce.seconds_away)} s away), jobs run again "
+          f"({', '.join(f'{s:.1f}' for s in bounce.seconds_away)} s away), database "
+          f"restarts {len(database.seconds_away)} "
+          f"({', '.join(f'{s:.1f}' for s in database.seconds_away)} s; consumers waited "
+          f"for it {waits} times), jobs run again "
           f"{redelivered}, re-runs that found their effect made {len(reruns)}, lost "
           f"{len(lost)}, duplicated effects {len(set(marks) - set(job_ids))}")
 
-    assert len(bounce.stopped) == 2
+    assert len(bounce.stopped) == 2 and len(database.seconds_away) == 1
     assert all(old != new for old, new in zip(bounce.stopped, bounce.new_leaders,
                                               strict=True))
     assert fleet.kills >= 5
