@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class ConsumerProcess:
     def __init__(self, config: Path, job_type: str = "echo", instance: str = "1",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> None:
+        """`prefix`: a command the consumer runs under (e.g. `ip netns exec <host>`)."""
         self.config = config
+        self.prefix = prefix
         self.job_type = job_type
         self.instance = instance
         self.log_path = config.parent / f"{job_type}-consumer-{instance}.log"
@@ -30,8 +32,9 @@ class ConsumerProcess:
     def start(self, wait: bool = True, timeout: float = 30.0) -> ConsumerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "listeners" / f"{self.job_type}_consumer.py"),
-                 "--config", str(self.config), "--instance", self.instance],
+                [*self.prefix, sys.executable,
+                 str(ROOT / "listeners" / f"{self.job_type}_consumer.py"), "--config",
+                 str(self.config), "--instance", self.instance],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env)
         if wait:
             self.wait_for_log("consuming from", timeout=timeout)

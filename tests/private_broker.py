@@ -11,6 +11,10 @@ rabbitmq user and read /etc/rabbitmq.
 Why the AMQP listener is set in rabbitmq.conf and not with RABBITMQ_NODE_IP_ADDRESS +
 RABBITMQ_NODE_PORT: with both variables set, RabbitMQ 3.10 starts the listener twice
 and fails to boot with eaddrinuse.
+
+Nodes of a cluster (tests/private_cluster.py) share one epmd and one Erlang cookie, which the
+cluster passes in (`epmd_port`, `cookie`); a node may also listen on addresses of the
+test's own besides 127.0.0.1 (`addresses`, e.g. a test bridge's), never on 0.0.0.0.
 """
 
 from __future__ import annotations
@@ -56,6 +60,21 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def start_epmd(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """An epmd of our own on 127.0.0.1:`port` (never the system's on 4369)."""
+    return subprocess.Popen([EPMD, "-port", str(port), "-address", "127.0.0.1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_epmd(epmd: subprocess.Popen[bytes]) -> None:
+    epmd.terminate()
+    try:
+        epmd.wait(10)
+    except subprocess.TimeoutExpired:
+        epmd.kill()
+        epmd.wait(5)
+
+
 class BrokerStartFailed(RuntimeError):
     """The private node did not come up; the message carries the end of its output."""
 
@@ -68,15 +87,28 @@ class PrivateBroker:
     """
 
     def __init__(self, base: Path, conf: dict[str, str] | None = None,
-                 advanced: str = "[].\n") -> None:
+                 advanced: str = "[].\n", *, epmd_port: int | None = None,
+                 cookie: str | None = None, addresses: tuple[str, ...] = ()) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.node = f"gq-{uuid.uuid4().hex[:10]}@localhost"
-        self.port, self.dist_port, self.epmd_port = free_ports(3)
+        self.port, self.dist_port, own_epmd_port = free_ports(3)
+        #: A cluster's nodes share its epmd (it starts it); a lone node starts its own.
+        self.owns_epmd = epmd_port is None
+        self.epmd_port = own_epmd_port if epmd_port is None else epmd_port
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        #: URL of each address the node listens on (127.0.0.1 first).
+        self.urls = {address: f"amqp://guest:guest@{address}:{self.port}/%2F"
+                     for address in ("127.0.0.1", *addresses)}
         self.output = base / "server.out"
+        if cookie is not None:  # HOME is `base`: Erlang reads the cookie from there
+            cookie_file = base / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
         settings = {
             "listeners.tcp.local": f"127.0.0.1:{self.port}",
+            **{f"listeners.tcp.own{number}": f"{address}:{self.port}"
+               for number, address in enumerate(addresses, 1)},
             "loopback_users": "none",
             # CI disks may be nearly full; an alarm would block every publisher.
             "disk_free_limit.absolute": "1MB",
@@ -109,23 +141,32 @@ class PrivateBroker:
         }
         self.epmd: subprocess.Popen[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self._launched = 0.0
         self.starts = 0
 
     # --- life cycle ------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> PrivateBroker:
         """Start the node (and our epmd, once) and wait until it accepts AMQP connections."""
-        if self.epmd is None:
-            self.epmd = subprocess.Popen(
-                [EPMD, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the node's processes without waiting (a cluster boots its nodes at once)."""
+        if self.epmd is None and self.owns_epmd:
+            self.epmd = start_epmd(self.epmd_port, self.env)
         assert self.process is None, "already started"
         with open(self.output, "ab") as output:
             self.process = subprocess.Popen(
                 [str(RABBITMQ_BIN / "rabbitmq-server")], cwd=self.base, env=self.env,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True)  # its own process group, so kill() reaches beam
-        deadline = time.monotonic() + timeout
+        self._launched = time.monotonic()
+
+    def wait_ready(self, timeout: float = 60.0) -> PrivateBroker:
+        """Wait until the launched node accepts AMQP connections."""
+        assert self.process is not None, "not launched"
+        deadline = self._launched + timeout
         while not self.accepts_connections():
             if self.process.poll() is not None:
                 self.process = None
@@ -185,12 +226,7 @@ class PrivateBroker:
             self.stop()
         finally:
             if self.epmd is not None:
-                self.epmd.terminate()
-                try:
-                    self.epmd.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.epmd.kill()
-                    self.epmd.wait(5)
+                stop_epmd(self.epmd)
                 self.epmd = None
 
     # --- tools -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 for tests that stop or restart the database: never the shared server.
 
 initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
+It listens on 127.0.0.1, and on addresses of the test's own if asked (`listen`, e.g. a
+test bridge's, with `clients` the networks allowed in from there; tests/netns.py).
 """
 
 from __future__ import annotations
@@ -25,16 +27,22 @@ def free_port() -> int:
 
 
 class PrivatePostgres:
-    def __init__(self) -> None:
+    def __init__(self, listen: tuple[str, ...] = (), clients: tuple[str, ...] = ()) -> None:
+        self.listen = ("127.0.0.1", *listen)
+        self.clients = clients
         self.folder = Path(tempfile.mkdtemp(prefix="gq-pg-"))
         self.data = self.folder / "data"
         self.log = self.folder / "server.log"
         self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/gear"
+        self.url = self.url_on("127.0.0.1")
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
             self._as_user = ["runuser", "-u", "postgres", "--"]
+
+    def url_on(self, address: str) -> str:
+        """The [state] url of the `gear` database through one of the listening addresses."""
+        return f"postgresql://postgres@{address}:{self.port}/gear"
 
     def _run(self, *args: str) -> None:
         subprocess.run([*self._as_user, *args], check=True, capture_output=True, timeout=120)
@@ -43,9 +51,11 @@ class PrivatePostgres:
         if not self.data.exists():
             self._run(str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
                       "postgres", "--no-sync")
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in self.clients)
         self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
-                  "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off", "start")
+                  "-o", f"-p {self.port} -k {self.folder} -c "
+                  f"listen_addresses={','.join(self.listen)} -c fsync=off", "start")
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres",
                              autocommit=True) as admin:
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = 'gear'"

@@ -2,7 +2,19 @@
 
 Everything else in gearqueue catches `BrokerError` subclasses only. Reconnecting is the
 caller's loop (with `backoff.full_jitter`); `connect` itself tries each configured URL
-once, in order, so several URLs fail over between brokers.
+once, so several URLs (the nodes of a cluster) fail over between brokers.
+
+Where a connect starts: at a random node, then round the list. Each process draws on
+its own, so a fleet of consumers and web API processes spreads over the cluster with no
+coordination and no state kept anywhere, instead of all of them sitting on the first
+node, overloading it and all failing over together when it goes. The node a process
+just lost is tried last (`avoid`): a node that is down may cost a connect timeout,
+which would come straight on top of the failover time.
+
+pika logs each failed connect, and each lost connection, as a cascade of ERROR lines
+ending in a traceback; those are held back here (on the calling thread only) and said
+once instead: one WARNING per node that refused or did not answer, one INFO naming the
+node connected to; a lost connection is the caller's one BrokerUnavailable line.
 """
 
 from __future__ import annotations
@@ -10,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import random
 import ssl
+import threading
 from collections.abc import Iterator
 
 import pika
@@ -23,6 +37,7 @@ from .errors import (
     TopologyMismatch,
     UnroutableError,
 )
+from .log import fields
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +74,107 @@ def connection_parameters(settings: Settings, job_type: str,
     return result
 
 
-def connect(settings: Settings, job_type: str, name: str = "gearqueue"
-            ) -> pika.BlockingConnection:
-    """Open a connection to the first broker that answers; BrokerUnavailable if none does."""
-    errors = []
-    for url, params in zip(settings.broker_urls(job_type),
-                           connection_parameters(settings, job_type, name), strict=True):
+#: The pika loggers that report a failed connect or a lost connection.
+PIKA_LOGGERS = (
+    "pika.adapters.utils.io_services_utils", "pika.adapters.utils.connection_workflow",
+    "pika.adapters.base_connection", "pika.adapters.blocking_connection", "pika.connection",
+    "pika.channel",
+)
+
+
+def connect_order(urls: tuple[str, ...], avoid: str | None = None) -> list[str]:
+    """The URLs in the order to try: from a random one round the list, `avoid` last."""
+    start = random.randrange(len(urls))
+    order = [*urls[start:], *urls[:start]]
+    if avoid in order and len(order) > 1:
+        order.remove(avoid)
+        order.append(avoid)
+    return order
+
+
+def connect(settings: Settings, job_type: str, name: str = "gearqueue", *,
+            avoid: str | None = None) -> pika.BlockingConnection:
+    """Open a connection to a broker of the list; BrokerUnavailable if none answers.
+
+    `avoid`: the URL of a broker just lost, tried last. `connected_url` tells which
+    one the connection went to.
+    """
+    urls = settings.broker_urls(job_type)
+    parameters = dict(zip(urls, connection_parameters(settings, job_type, name),
+                          strict=True))
+    failed: list[str] = []
+    for url in connect_order(urls, avoid):
         try:
-            return pika.BlockingConnection(params)
+            with pika_errors_said_by_us():
+                connection = pika.BlockingConnection(parameters[url])
         except pe.ProbableAuthenticationError as error:
-            errors.append(f"{mask_url(url)}: authentication refused ({error})")
+            reason = f"refused the login ({describe_connect_error(error)})"
         except CONNECTION_ERRORS as error:
-            errors.append(f"{mask_url(url)}: {type(error).__name__} {error}")
-    raise BrokerUnavailable("no broker reachable: " + "; ".join(errors))
+            reason = f"unreachable ({describe_connect_error(error)})"
+        else:
+            after = f" after {len(failed)} failed" if failed else ""
+            log.info("connected to broker %s as %s%s", mask_url(url), name, after,
+                     extra=fields(broker=mask_url(url)))
+            return connection
+        failed.append(f"{mask_url(url)} {reason}")
+        if len(urls) > 1:
+            left = len(urls) - len(failed)
+            log.warning("broker %s %s; %s", mask_url(url), reason,
+                        f"trying the next of {left}" if left else "no broker left to try",
+                        extra=fields(broker=mask_url(url)))
+    raise BrokerUnavailable("no broker reachable: " + "; ".join(failed))
+
+
+def connected_url(connection: pika.BlockingConnection, urls: tuple[str, ...]) -> str:
+    """Which of `urls` an open connection goes to (its host and port)."""
+    params = connection._impl.params  # type: ignore[attr-defined]
+    for url in urls:
+        candidate = pika.URLParameters(url)
+        if (candidate.host, candidate.port) == (params.host, params.port):
+            return url
+    return urls[0]
+
+
+def describe_connect_error(error: BaseException) -> str:
+    """pika's connect errors in one line (their str() is often empty)."""
+    return "; ".join(str(arg) or repr(arg) for arg in error.args) or type(error).__name__
+
+
+class _HeldBack(logging.Filter):
+    """Holds back WARNING+ records of this thread; other threads' pass through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread or record.levelno < logging.WARNING:
+            return True
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def pika_errors_said_by_us() -> Iterator[None]:
+    """Hold back pika's WARNING and ERROR lines (and tracebacks) on this thread while a
+    broker operation runs. If it raises, gearqueue says what happened in one line (the
+    error converted here, or `connect`'s WARNING), so they are dropped; if it does not,
+    they are logged after all, and nothing pika had to say is lost."""
+    held_back = _HeldBack()
+    loggers = [logging.getLogger(name) for name in PIKA_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(held_back)
+    try:
+        yield
+    except BaseException:
+        held_back.records.clear()
+        raise
+    finally:
+        for logger in loggers:
+            logger.removeFilter(held_back)
+        for record in held_back.records:
+            logging.getLogger(record.name).handle(record)
 
 
 def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
@@ -95,9 +198,11 @@ def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def converted_errors(what: str) -> Iterator[None]:
-    """Turn pika's exceptions into gearqueue's, naming what we were doing."""
+    """Turn pika's exceptions into gearqueue's, naming what we were doing (pika's own
+    lines about it are not repeated: `pika_errors_said_by_us`)."""
     try:
-        yield
+        with pika_errors_said_by_us():
+            yield
     except pe.UnroutableError as error:
         raise UnroutableError(f"{what}: message was returned as unroutable "
                               f"(no queue bound): {error}") from None

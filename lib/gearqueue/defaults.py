@@ -60,7 +60,8 @@ class Key:
 
 RABBITMQ_KEYS: tuple[Key, ...] = (
     Key("url", parse_str, "",
-        "amqp:// or amqps:// URL(s), comma-separated to fail over between brokers, e.g. "
+        "amqp:// or amqps:// URL(s), comma-separated to fail over between brokers (the "
+        "nodes of a cluster: each connect starts at a random one), e.g. "
         "amqp://gear:secret@127.0.0.1:5672/%2F. Taken literally (no % interpolation). "
         "$GEAR_RABBITMQ_URL overrides it. Empty: amqp://guest:guest@<queue_host>:5672/%2F "
         "from the job type's queue_host."),
@@ -179,7 +180,8 @@ SERVICE_KEYS: tuple[Key, ...] = (
     Key("max_message_bytes", parse_int, 1048576,
         "Larger message bodies are rejected as bad input.", minimum=1),
     Key("queue_type", parse_choice("classic", "quorum"), "classic",
-        "quorum needs x-arguments on the main queue: a publisher that declares the queue "
+        "quorum (the choice for a RabbitMQ cluster; the retry and dead queues follow it) "
+        "needs x-arguments on the main queue: a publisher that declares the queue "
         "plainly (gEAR's web API does) then fails with PRECONDITION_FAILED."),
     Key("max_length", parse_int, 0,
         "Opt-in x-max-length with overflow=reject-publish: submit() raises QueueFull "

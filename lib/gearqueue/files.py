@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -36,11 +37,13 @@ _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 def write_atomically(path: Path | str, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old or the new file, never a mix.
 
-    For small files of one writer at a time (no fsync: see `atomic_output` for outputs
-    that must survive a power loss). The temp file is named after the writer (pid,
-    thread) rather than by mkstemp's random retry loop.
+    For small files (no fsync: see `atomic_output` for outputs that must survive a
+    power loss). The temp file is named after the writer rather than by mkstemp's
+    random retry loop: host, pid and thread, since on a folder shared by several hosts
+    (NFS) two writers may have the same pid and thread ident; with a temp of its own
+    each, the last rename wins and the file is whole.
     """
-    temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    temp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
     handle = os.open(temp, _TEMP_FLAGS, 0o600)
     try:
         try:

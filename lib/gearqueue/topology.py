@@ -14,6 +14,15 @@ For a job type whose queue is `Q`:
   there when permanently failed or out of retries, with the error in their headers.
 Nothing is ever purged here.
 
+With `queue_type = quorum` (the choice for a cluster) the retry and dead queues are
+quorum queues too. A classic queue lives on one node: while that node is down, a job
+waiting out its retry delay, or a dead letter waiting for replay, is out of reach, and
+a failed attempt cannot be moved on at all, so its delivery loops. Quorum copies
+survive the loss of a minority of nodes. The retry queues dead-letter back to `Q`
+`at-least-once` (which the broker allows only with `x-overflow = reject-publish`): the
+default, at-most-once, drops an expired retry if `Q` cannot take it at that moment, for
+example while its leader moves, and the job would stay 'retrying' for ever.
+
 Under `contract = gear` (gEAR's web API publishes, unchanged) the main queue is declared
 as gEAR's publisher declares it, `queue_declare(Q)`: NOT durable (unless queue_durable =
 1) and with no x-arguments, so neither side's declare fails whoever comes first. gEAR
@@ -66,6 +75,24 @@ def main_queue_arguments(service: ServiceSettings) -> dict[str, Any]:
     return arguments
 
 
+def retry_queue_arguments(service: ServiceSettings) -> dict[str, Any]:
+    """x-arguments of the retry queues: dead-letter back to the main queue on expiry."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": service.queue,
+    }
+    if service.queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+        arguments["x-dead-letter-strategy"] = "at-least-once"
+        arguments["x-overflow"] = "reject-publish"
+    return arguments
+
+
+def dead_queue_arguments(service: ServiceSettings) -> dict[str, Any]:
+    """x-arguments of the dead queue: none, or quorum type on a cluster."""
+    return {"x-queue-type": "quorum"} if service.queue_type == "quorum" else {}
+
+
 def describe_contract(service: ServiceSettings) -> str:
     """One line for doctor and logs: whose topology this job type's queue follows."""
     durable = "durable" if service.queue_durable else "NOT durable"
@@ -86,11 +113,10 @@ def declare(channel: BlockingChannel, service: ServiceSettings) -> None:
             channel.queue_bind(service.queue, GEAR_EXCHANGE, routing_key=service.queue)
     with converted_errors(f"declaring the retry and dead queues of '{service.queue}'"):
         for attempt in range(1, service.max_retries + 1):
-            channel.queue_declare(retry_queue(service, attempt), durable=True, arguments={
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": service.queue,
-            })
+            channel.queue_declare(retry_queue(service, attempt), durable=True,
+                                  arguments=retry_queue_arguments(service))
         channel.exchange_declare(DEAD_LETTER_EXCHANGE, exchange_type="direct", durable=True)
-        channel.queue_declare(dead_queue(service), durable=True)
+        channel.queue_declare(dead_queue(service), durable=True,
+                              arguments=dead_queue_arguments(service) or None)
         channel.queue_bind(dead_queue(service), DEAD_LETTER_EXCHANGE,
                            routing_key=service.queue)

@@ -45,8 +45,9 @@ class Fleet:
         self.kills = 0
         self.terms = 0
 
-    def start(self, config: Path, instance: str, job_type: str = "echo") -> ConsumerProcess:
-        consumer = ConsumerProcess(config, job_type, instance).start(wait=True)
+    def start(self, config: Path, instance: str, job_type: str = "echo",
+              prefix: tuple[str, ...] = ()) -> ConsumerProcess:
+        consumer = ConsumerProcess(config, job_type, instance, prefix=prefix).start(wait=True)
         self.consumers.append(consumer)
         return consumer
 

@@ -11,6 +11,9 @@ that (time_limit 0, or above it) is warned about, unless the broker is 3.12+, wh
 the consumer asks for its own x-consumer-timeout. AMQP does not expose the value, so
 it is read with `rabbitmqctl environment` when the broker runs on this host (and the
 node found there listens on the configured port); otherwise the default is assumed.
+
+Every node of the cluster behind [rabbitmq] url is listed with its state (running,
+alarms, partitions) and a fix for each problem: gearqueue.cluster_status.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import pika
 import pika.exceptions as pe
 
 from .. import topology
-from ..broker import close_quietly, connect, server_version
+from ..broker import close_quietly, connect, connected_url, server_version
+from ..cluster_status import cluster_findings
 from ..config import ServiceSettings, Settings, mask_url
 from ..errors import BrokerUnavailable, ConfigError, StateStoreUnavailable
 from ..state import open_store
@@ -172,16 +176,15 @@ def _check_gear_exchange(connection: pika.BlockingConnection) -> Finding:
 def check_service(connection: pika.BlockingConnection, service: ServiceSettings
                   ) -> Iterator[Finding]:
     """Topology, consumers and dead letters of one job type."""
-    retry_arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": service.queue}
     missing = []
     findings = []
     frames = {}
     yield Finding(Level.INFO, service.job_type, topology.describe_contract(service))
     queues: list[tuple[str, dict[str, Any] | None, bool]] = [
         (service.queue, topology.main_queue_arguments(service), service.queue_durable)]
-    queues += [(topology.retry_queue(service, attempt), retry_arguments, True)
-               for attempt in range(1, service.max_retries + 1)]
-    queues.append((topology.dead_queue(service), None, True))
+    queues += [(topology.retry_queue(service, attempt), topology.retry_queue_arguments(service),
+                True) for attempt in range(1, service.max_retries + 1)]
+    queues.append((topology.dead_queue(service), topology.dead_queue_arguments(service), True))
     for name, arguments, durable in queues:
         finding, frames[name] = _check_queue(connection, name, arguments, durable)
         if frames[name] is None:
@@ -274,12 +277,11 @@ def _diagnose_broker(settings: Settings, urls: tuple[str, ...],
         return
     try:
         version = server_version(connection)
-        # Which of the URLs answered: pika keeps it on the adapter, not in public.
-        params = connection._impl.params  # type: ignore[attr-defined]
-        url = next((u for u in urls if urlparse(u).hostname == params.host
-                    and (urlparse(u).port or 5672) == params.port), urls[0])
+        url = connected_url(connection, urls)
         yield Finding(Level.OK, "broker", f"{mask_url(url)}: RabbitMQ "
                       f"{'.'.join(map(str, version)) or '?'}")
+        for level, subject, message in cluster_findings(urls, environ):
+            yield Finding(Level(level), subject, message)
         if any(service.queue_type == "quorum" for service in services) and version < (3, 8):
             yield Finding(Level.FAIL, "broker", "queue_type = quorum needs RabbitMQ 3.8+")
         timeout = read_consumer_timeout(url, environ)

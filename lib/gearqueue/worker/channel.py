@@ -23,7 +23,7 @@ import pika
 from pika.spec import Basic, BasicProperties
 
 from .. import message, topology
-from ..broker import close_quietly, connect, converted_errors, server_version
+from ..broker import close_quietly, connect, connected_url, converted_errors, server_version
 from ..config import ServiceSettings, Settings
 from ..errors import BrokerUnavailable
 
@@ -66,11 +66,15 @@ class Delivery:
 
 
 class Channel:
-    def __init__(self, settings: Settings, service: ServiceSettings, name: str) -> None:
+    def __init__(self, settings: Settings, service: ServiceSettings, name: str, *,
+                 avoid: str | None = None) -> None:
+        """`avoid`: the broker URL of the channel before, lost: tried last."""
         self.service = service
         self._pending: deque[Delivery] = deque()
         self._cancelled = False
-        self.connection = connect(settings, service.job_type, name)
+        self.connection = connect(settings, service.job_type, name, avoid=avoid)
+        #: The broker URL (of [rabbitmq] url's list) this channel is connected to.
+        self.url = connected_url(self.connection, settings.broker_urls(service.job_type))
         try:
             with converted_errors("opening channels"):
                 self.consume_channel = self.connection.channel()

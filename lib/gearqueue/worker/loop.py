@@ -119,8 +119,10 @@ class Consumer:
             settings, self.service, identifier, keep_alive=self._keep_alive_during_batch,
             stop_requested=lambda: self.stop.requested)
         self.job_log = settlement.JobLog(self.service)
+        # The broker of the channel before (lost, or cancelled us) is tried last.
         self._open_channel = open_channel or (
-            lambda: Channel(self.settings, self.service, self.identifier))
+            lambda: Channel(self.settings, self.service, self.identifier,
+                            avoid=getattr(self.channel, "url", None)))
         self.channel: Channel | None = None
         self._last_start = 0.0
         #: A batch the child already runs while the previous one is settled.
