@@ -15,14 +15,22 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ..config import Settings
 
-if TYPE_CHECKING:
-    from ..worker.outcome import Outcome
-
 Request = TypeVar("Request")
+
+
+class FinalFailure(Protocol):
+    """What a job type is told of its final failure (the runtime's `Outcome` is one):
+    declared here so the job layer never imports the runtime above it."""
+
+    @property
+    def reply(self) -> dict[str, Any]: ...
+
+    @property
+    def message(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,7 @@ class Job(ABC, Generic[Request]):
 
 
     def on_final_failure(self, job_id: str, payload: Mapping[str, Any] | None,
-                         outcome: Outcome) -> None:
+                         outcome: FinalFailure) -> None:
         """The job failed for good (it is dead-lettered): a bad message, a permanent
         error, retries or a crash loop exhausted.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import GEAR, Settings
 from ..errors import JobError, PermanentJobError
@@ -29,10 +29,7 @@ from ..projectr.matching import check_matched_loadings, match_genes
 from ..projectr.outputs import ProjectionFiles, find_complete, publish, require_root
 from ..projectr.projection import CHUNK_BYTES, ProjectionResult, project
 from ..projectr.request import LEAST_SQUARES, ProjectRRequest, parse_request
-from .base import Job, JobContext
-
-if TYPE_CHECKING:
-    from ..worker.outcome import Outcome
+from .base import FinalFailure, Job, JobContext
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +85,7 @@ class ProjectRJob(Job[ProjectRRequest]):
         return reply
 
     def on_final_failure(self, job_id: str, payload: Mapping[str, Any] | None,
-                         outcome: Outcome) -> None:
+                         outcome: FinalFailure) -> None:
         """Under gEAR's contract, tell gEAR's poller: the status file says failed."""
         if not self.gear:
             return
