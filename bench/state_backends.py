@@ -15,17 +15,12 @@ one), created for the run and dropped after it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,24 +40,13 @@ from bench.common import (
 from gearqueue.client import Client
 from gearqueue.config import load_settings
 from gearqueue.state import JobStatus, open_store
+from tests.state_backends import scratch_database  # the tests' own: create, yield, drop
 
 POSTGRES = os.environ.get("GEAR_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 BACKENDS = ("sqlite", "postgresql")
 PREFETCHES = (1, 10)
 CALL_BATCH = 25
 CALL_WARM_UP = 100
-
-
-@contextlib.contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"gq_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}"
-    finally:
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def config_for(folder: Path, queue: str, prefetch: int, state_url: str) -> Path:
@@ -123,7 +107,7 @@ def call_latencies(configs: dict[str, Path], count: int) -> dict[str, list[float
 def measure(jobs: int, rounds: int, calls: int) -> dict[str, object]:
     tag = unique_tag()
     with tempfile.TemporaryDirectory(prefix=f"{tag}-") as temp, broker() as admin, \
-            scratch_database() as database:
+            scratch_database(POSTGRES) as database:
         folder = Path(temp)
         urls = {"sqlite": "", "postgresql": database}
         configs: dict[tuple[str, int], Path] = {}
