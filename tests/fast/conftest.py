@@ -18,6 +18,7 @@ from gearqueue.config import ServiceSettings, Settings, load_settings
 from gearqueue.worker.executor import Executor
 from gearqueue.worker.inline import InlineExecutor
 from gearqueue.worker.loop import Consumer
+from gearqueue.worker.observers import ConsumerObserver
 from gearqueue.worker.stop import StopRequest
 
 from .recording_channel import RecordingChannel
@@ -73,7 +74,8 @@ def inline_executor(fast_settings: Settings, echo_service: ServiceSettings
 
 
 def _factory(settings: Settings, executor: Executor | InlineExecutor) -> ConsumerFactory:
-    def make(on_pump: Callable[[StopRequest], None] | None = None
+    def make(on_pump: Callable[[StopRequest], None] | None = None,
+             observers: list[ConsumerObserver] | None = None
              ) -> tuple[Consumer, RecordingChannel]:
         stop = StopRequest()
         hook = (lambda: on_pump(stop)) if on_pump is not None else None
@@ -81,7 +83,8 @@ def _factory(settings: Settings, executor: Executor | InlineExecutor) -> Consume
         if isinstance(executor, InlineExecutor):
             executor._stop_requested = lambda: stop.requested  # this test's stop
         loop = Consumer(settings, "echo", identifier="fast-tier", stop=stop,
-                        executor=executor, open_channel=lambda: channel)  # type: ignore[arg-type,return-value]
+                        executor=executor, open_channel=lambda: channel,  # type: ignore[arg-type,return-value]
+                        observers=observers)
         return loop, channel
 
     return make

@@ -17,6 +17,7 @@ from ..errors import ConfigError, GearError, TopologyMismatch
 from ..log import setup_logging
 from . import testhook
 from .loop import Consumer
+from .observers import observers_for
 from .stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ def run_consumer(job_type: str, argv: list[str] | None = None) -> int:
     testhook.install()  # no-op unless a test sets GEAR_TEST_HANG_ON_SIGUSR2=1
     try:
         settings = load_settings(args.config)
-        consumer = Consumer(settings, job_type, identifier=identifier, stop=stop)
+        consumer = Consumer(settings, job_type, identifier=identifier, stop=stop,
+                            observers=observers_for(settings, job_type, args.instance))
         consumer.run()
     except (ConfigError, TopologyMismatch) as error:
         log.error("configuration error: %s", error)

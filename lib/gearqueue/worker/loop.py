@@ -49,6 +49,7 @@ from .child import Finished, JobOrder
 from .executor import JobExecutor, executor_for
 from .limits import Kill, Limits, SignalSoftLimit
 from .notify import Notifier
+from .observers import ConsumerObserver, Observers
 from .outcome import Outcome
 from .runner import record_failure
 from .settlement import Ack, GiveBack, Plan, Publish, Reply, Settled
@@ -105,9 +106,11 @@ class Consumer:
     def __init__(self, settings: Settings, job_type: str, *, identifier: str,
                  stop: StopRequest | None = None, notifier: Notifier | None = None,
                  executor: JobExecutor | None = None,
-                 open_channel: Callable[[], Channel] | None = None) -> None:
+                 open_channel: Callable[[], Channel] | None = None,
+                 observers: list[ConsumerObserver] | None = None) -> None:
         """`executor` and `open_channel` are for tests that drive the loop in-process
-        (a warm child shared by several, a channel that records what it is asked)."""
+        (a warm child shared by several, a channel that records what it is asked).
+        `observers` hear of its life (worker/observers.py): status, metrics, events."""
         self.settings = settings
         self.service = settings.service(job_type)
         self.identifier = identifier
@@ -119,6 +122,7 @@ class Consumer:
             settings, self.service, identifier, keep_alive=self._keep_alive_during_batch,
             stop_requested=lambda: self.stop.requested)
         self.job_log = settlement.JobLog(self.service)
+        self.observers = Observers(observers or ())
         # The broker of the channel before (lost, or cancelled us) is tried last.
         self._open_channel = open_channel or (
             lambda: Channel(self.settings, self.service, self.identifier,
@@ -148,24 +152,28 @@ class Consumer:
                     delay = full_jitter(failures, 0.5, self.settings.rabbitmq.reconnect_max_delay)
                     log.warning("broker unavailable (attempt %d), retrying in %.1f s: %s",
                                 failures, delay, error)
-                    self.notifier.status(f"reconnecting to broker (attempt {failures})")
+                    self.observers.disconnected(error)
+                    self._waiting(f"reconnecting to broker (attempt {failures})")
                     self._sleep(delay)
                     continue
                 failures = 0
                 log.info("consuming from '%s' (prefetch %d)", self.service.queue,
                          self.service.prefetch, extra=fields(queue=self.service.queue))
                 self.notifier.ready("idle")
+                self.observers.consuming(channel)
                 try:
                     self.serve(channel)
                 except BrokerUnavailable as error:
                     if not self.stop.requested:
                         log.warning("lost the broker: %s; reconnecting", error)
+                        self.observers.disconnected(error)
                 finally:
                     channel.close()
         finally:
             self.notifier.stopping()
             self.executor.shutdown()
             self.job_log.flush()
+            self.observers.stopped()
             log.info("stopped")
 
     def serve(self, channel: Channel) -> None:
@@ -185,6 +193,7 @@ class Consumer:
                     raise BrokerUnavailable("consumer cancelled by the broker")
                 self.notifier.status("idle")
                 self.notifier.watchdog()
+                self.observers.idle()
                 channel.pump(IDLE_POLL_SECONDS)
             channel.stop_consuming()
             channel.pump(0)
@@ -240,6 +249,7 @@ class Consumer:
         handed_at = time.time()  # before: a fast child may store a result at once
         self.executor.submit([JobOrder(job.envelope.job_id, job.payload, job.fresh)
                               for job in jobs])
+        self.observers.batch_started([job.envelope.job_id for job in jobs])
         return InFlightBatch(jobs, channel, handed_at, time.monotonic())
 
     def _start_next_early(self, channel: Channel) -> None:
@@ -296,6 +306,8 @@ class Consumer:
         done = settlement.plan(self.service, result.settled, result.unstarted)
         self._carry_out(channel, done)
         self.job_log.settled(done)
+        if done.settled:
+            self.observers.settled(done.settled)
         if result.store_fault is not None:
             self._wait_for_store(channel, result.store_fault, len(result.unstarted))
 
@@ -313,8 +325,7 @@ class Consumer:
         attempt = 0
         while not self.stop.requested:
             attempt += 1
-            self.notifier.status(f"waiting for the state database (attempt {attempt}): "
-                                 f"{where}")
+            self._waiting(f"waiting for the state database (attempt {attempt}): {where}")
             self._pump_for(channel, full_jitter(attempt, STORE_PROBE_BASE_SECONDS,
                                                 STORE_PROBE_MAX_SECONDS))
             if self.stop.requested:
@@ -361,6 +372,7 @@ class Consumer:
             current = batch.jobs[max(self.executor.current, 0)].envelope.job_id
             elapsed = self.executor.elapsed()
             self._report(f"job {current} running {elapsed:.0f} s")
+            self.observers.job_running(current, elapsed)
             if self.stop.immediate:
                 self.executor.kill()
                 if broker_lost is None:
@@ -386,6 +398,10 @@ class Consumer:
         else:
             self.notifier.status(status)
         self.notifier.watchdog()
+
+    def _waiting(self, reason: str) -> None:
+        self.notifier.status(reason)
+        self.observers.waiting(reason)
 
     @staticmethod
     def _pump_during(channel: Channel, current: str) -> BrokerUnavailable | None:
