@@ -125,6 +125,21 @@ def start(args: list[str], log: Path, env: dict[str, str] | None = None
                                 env={**os.environ, **(env or {})}, start_new_session=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its children, live or reaped.
+
+    Unlike jobs/s, the CPU a consumer spends per job barely moves when other processes
+    load the machine, so it compares systems even on a shared, noisy host.
+    """
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = each.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """SIGTERM the process group we started, then SIGKILL it if it lingers."""
     if process.poll() is None:

@@ -49,6 +49,8 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         figures = throughput[prefetch]
         for entry in figures.values():
             note = entry.get("note", "")
+            if entry.get("cpu_us_per_job") is not None:
+                note += f"; {entry['cpu_us_per_job']:.0f} us consumer CPU a job"
             rows.append((f"[1] {entry['label']}, prefetch {prefetch}",
                          f"{_fmt(entry.get('jobs_per_s'))} jobs/s", note))
         for label, top, bottom, targets in THROUGHPUT_RATIOS:
@@ -58,8 +60,11 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             if a is None and b is None:
                 continue
             ratio = a / b if a and b else None
-            rows.append((f"[1] {label}, prefetch {prefetch}", f"{_fmt(ratio, 2)}x",
-                         f"target >= {target}x: {_verdict(ratio, target)}"))
+            note = f"target >= {target}x: {_verdict(ratio, target)}"
+            cpu_a, cpu_b = (figures.get(key, {}).get("cpu_us_per_job") for key in (top, bottom))
+            if cpu_a and cpu_b:  # the same ratio from the CPU a job costs: steadier
+                note += f"; by consumer CPU a job {cpu_b / cpu_a:.2f}x"
+            rows.append((f"[1] {label}, prefetch {prefetch}", f"{_fmt(ratio, 2)}x", note))
     publish = results.get("publish")
     if publish:
         one, many = publish["one_by_one"]["jobs_per_s"], publish["submit_many"]["jobs_per_s"]

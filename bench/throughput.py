@@ -34,6 +34,7 @@ from bench.common import (
     PYTHON,
     ROOT,
     broker,
+    cpu_seconds,
     gear_queues,
     median,
     start,
@@ -239,6 +240,7 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
                     break
             rates: list[float] = []
             runs_started = time.monotonic()
+            cpu_before = cpu_seconds(process.pid)
             while len(rates) < repetitions and (
                     len(rates) < 3 or time.monotonic() - runs_started < RUNS_BUDGET_SECONDS):
                 rate, timed_out = run(count)
@@ -246,6 +248,8 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
                 if timed_out:
                     timeouts += 1
                     admin.purge_own_queue(tag, queue)
+            cpu_us_per_job = (cpu_seconds(process.pid) - cpu_before) / (
+                count * len(rates)) * 1e6
         except Exception:
             log.error("%s consumer log:\n%s", key,
                       (folder / "consumer.log").read_text(errors="replace")[-3000:])
@@ -256,8 +260,9 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
             admin.delete_own_exchanges(tag, system.exchanges(queue))
             if system.results:
                 stored = redis_store.delete_own_keys(queue)
-    log.info("%s prefetch %d: %.0f jobs/s (runs of %d: %s)", key, prefetch, median(rates),
-             count, ", ".join(f"{rate:.0f}" for rate in rates))
+    log.info("%s prefetch %d: %.0f jobs/s (runs of %d: %s), %.0f us CPU a job", key,
+             prefetch, median(rates), count, ", ".join(f"{rate:.0f}" for rate in rates),
+             cpu_us_per_job)
     note = f"runs of {count}"
     if timeouts:
         note += (f"; {timeouts} run(s) hit the {timeout:g} s cap (rate = what was "
@@ -267,7 +272,7 @@ def measure(key: str, prefetch: int, repetitions: int, seconds: float,
     entry: dict[str, Any] = {
         "system": key, "label": system.label, "prefetch": prefetch, "count": count,
         "runs": rates, "jobs_per_s": median(rates), "warm_up_jobs_per_s": warm,
-        "note": note, "guarantees": guarantees}
+        "note": note, "guarantees": guarantees, "cpu_us_per_job": cpu_us_per_job}
     if stored is not None:  # every job's result, counted (then deleted) after the runs
         entry["results_stored"], entry["jobs_published"] = stored, published
         if stored < published and not timeouts:

@@ -19,19 +19,19 @@ node connected to; a lost connection is the caller's one BrokerUnavailable line.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import itertools
 import logging
 import random
 import ssl
 import threading
-from collections.abc import Iterator
 
 import pika
 import pika.exceptions as pe
 
 from .config import Settings, mask_url
 from .errors import (
+    BrokerError,
     BrokerUnavailable,
     PublishNacked,
     TopologyMismatch,
@@ -141,40 +141,69 @@ def describe_connect_error(error: BaseException) -> str:
 
 
 class _HeldBack(logging.Filter):
-    """Holds back WARNING+ records of this thread; other threads' pass through."""
+    """Holds back WARNING+ records of a thread while it is inside `pika_errors_said_by_us`;
+    every other record, and every other thread's, passes through.
+
+    One instance sits on each pika logger for the life of the process (`_held_back`):
+    installing and removing filters around every broker call took six logger look-ups
+    and twelve filter-list changes, each under logging's lock, about 10 us a call and
+    four calls a job (docs/performance.md).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.thread = threading.get_ident()
-        self.records: list[logging.LogRecord] = []
+        self._local = threading.local()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.thread != self.thread or record.levelno < logging.WARNING:
+        holding: list[list[logging.LogRecord]] | None = getattr(self._local, "holding", None)
+        if not holding or record.levelno < logging.WARNING:
             return True
-        self.records.append(record)
+        holding[-1].append(record)
         return False
 
+    def begin(self) -> list[logging.LogRecord]:
+        """Start holding back this thread's records; the list they go to."""
+        holding = getattr(self._local, "holding", None)
+        if holding is None:
+            holding = self._local.holding = []
+        records: list[logging.LogRecord] = []
+        holding.append(records)
+        return records
 
-@contextlib.contextmanager
-def pika_errors_said_by_us() -> Iterator[None]:
+    def end(self, records: list[logging.LogRecord], *, said: bool) -> None:
+        """Stop holding back; unless gearqueue `said` what happened, log them after all."""
+        self._local.holding.pop()
+        if not said:
+            for record in records:
+                logging.getLogger(record.name).handle(record)
+
+
+@functools.cache
+def _held_back() -> _HeldBack:
+    """The one filter on the pika loggers, installed on first use (the logging tree is
+    process-wide by nature, so this is too)."""
+    held_back = _HeldBack()
+    for name in PIKA_LOGGERS:
+        logging.getLogger(name).addFilter(held_back)
+    return held_back
+
+
+class pika_errors_said_by_us:
     """Hold back pika's WARNING and ERROR lines (and tracebacks) on this thread while a
     broker operation runs. If it raises, gearqueue says what happened in one line (the
     error converted here, or `connect`'s WARNING), so they are dropped; if it does not,
-    they are logged after all, and nothing pika had to say is lost."""
-    held_back = _HeldBack()
-    loggers = [logging.getLogger(name) for name in PIKA_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(held_back)
-    try:
-        yield
-    except BaseException:
-        held_back.records.clear()
-        raise
-    finally:
-        for logger in loggers:
-            logger.removeFilter(held_back)
-        for record in held_back.records:
-            logging.getLogger(record.name).handle(record)
+    they are logged after all, and nothing pika had to say is lost.
+
+    A class, not a generator: it wraps every ack, reply and publish (see _HeldBack)."""
+
+    __slots__ = ("_records",)
+
+    def __enter__(self) -> None:
+        self._records = _held_back().begin()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: object) -> None:
+        _held_back().end(self._records, said=kind is not None)
 
 
 def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
@@ -196,25 +225,44 @@ def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
     return tuple(numbers)
 
 
-@contextlib.contextmanager
-def converted_errors(what: str) -> Iterator[None]:
+class converted_errors:
     """Turn pika's exceptions into gearqueue's, naming what we were doing (pika's own
-    lines about it are not repeated: `pika_errors_said_by_us`)."""
-    try:
-        with pika_errors_said_by_us():
-            yield
-    except pe.UnroutableError as error:
-        raise UnroutableError(f"{what}: message was returned as unroutable "
-                              f"(no queue bound): {error}") from None
-    except pe.NackError as error:
-        raise PublishNacked(f"{what}: broker refused the message: {error}") from None
-    except pe.ChannelClosedByBroker as error:
+    lines about it are not repeated: `pika_errors_said_by_us`). A class, not a
+    generator, for the same reason."""
+
+    __slots__ = ("_said", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._said = pika_errors_said_by_us()
+
+    def __enter__(self) -> None:
+        self._said.__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: object) -> None:
+        self._said.__exit__(kind, error, traceback)
+        if error is not None:
+            converted = _converted(self.what, error)
+            if converted is not None:
+                raise converted from None
+
+
+def _converted(what: str, error: BaseException) -> BrokerError | None:
+    """gearqueue's error for a pika error met while doing `what`; None for any other."""
+    if isinstance(error, pe.UnroutableError):
+        return UnroutableError(f"{what}: message was returned as unroutable "
+                               f"(no queue bound): {error}")
+    if isinstance(error, pe.NackError):
+        return PublishNacked(f"{what}: broker refused the message: {error}")
+    if isinstance(error, pe.ChannelClosedByBroker):
         if error.reply_code == 406:
-            raise TopologyMismatch(f"{what}: {error.reply_text}") from None
-        raise BrokerUnavailable(f"{what}: channel closed by broker: {error.reply_code} "
-                                f"{error.reply_text}") from None
-    except CONNECTION_ERRORS as error:
-        raise BrokerUnavailable(f"{what}: {type(error).__name__} {error}") from None
+            return TopologyMismatch(f"{what}: {error.reply_text}")
+        return BrokerUnavailable(f"{what}: channel closed by broker: {error.reply_code} "
+                                 f"{error.reply_text}")
+    if isinstance(error, CONNECTION_ERRORS):
+        return BrokerUnavailable(f"{what}: {type(error).__name__} {error}")
+    return None
 
 
 def close_quietly(connection: pika.BlockingConnection | None) -> None:

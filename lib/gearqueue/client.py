@@ -120,8 +120,8 @@ class Client:
         if not service.queue_enabled:
             return self._run_in_process(job_type, job_id, payload)
         timeout = service.reply_timeout if timeout is None else timeout
-        created = self._record_queued(job_type, job_id)
         if service.max_length:
+            created = self._record_queued(job_type, job_id)
             # A full queue refuses with a nack (QueueFull), which only a confirm tells.
             channel = self._channel_for(job_type)
             if not self._consuming_replies:
@@ -131,9 +131,12 @@ class Client:
             with self._refused_unless_queued(job_type, job_id, created):
                 self._publish(job_type, job_id, body, reply_to=DIRECT_REPLY_TO)
             return self._await_reply(job_type, job_id, timeout)
-        # Unconfirmed: an unroutable request comes back while the reply is awaited.
+        # Unconfirmed: an unroutable request comes back while the reply is awaited. The
+        # queued record is written after the publish, while the request travels: the
+        # insert never overwrites a record the consumer wrote first (state/store.py).
+        self._publish_request(job_type, job_id, body)
+        created = self._record_queued(job_type, job_id)
         with self._refused_unless_queued(job_type, job_id, created):
-            self._publish_request(job_type, job_id, body)
             return self._await_reply(job_type, job_id, timeout)
 
     def status(self, job_type: str, job_id: str) -> JobRecord:
