@@ -125,6 +125,17 @@ def start(args: list[str], log: Path, env: dict[str, str] | None = None
                                 env={**os.environ, **(env or {})}, start_new_session=True)
 
 
+def install_debian_package(package: str, why: str) -> None:
+    """Debian's `package`, for the benchmark only (apt-get, as install.sh does)."""
+    if os.geteuid() != 0:
+        raise RuntimeError(f"{package} is not installed: apt-get install {package} "
+                           f"(as root), {why}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and all its children, live or reaped.
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from bench.common import TAG_PREFIX
+from bench.common import TAG_PREFIX, install_debian_package
 
 if TYPE_CHECKING:
     from dramatiq.results.backends import RedisBackend
@@ -50,15 +50,11 @@ def answers(url: str = REDIS_URL) -> bool:
 
 
 def _install_server() -> None:
-    """Debian's redis-server, for the benchmark only (apt-get, as install.sh does)."""
     if os.geteuid() != 0:
         raise RuntimeError(f"no Redis answers at {REDIS_URL} and redis-server is not "
                            f"installed: apt-get install {DEBIAN_PACKAGE} (as root)")
     log.info("installing %s for the result-backend peers", DEBIAN_PACKAGE)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                    DEBIAN_PACKAGE], check=True, env=env, stdout=subprocess.DEVNULL)
+    install_debian_package(DEBIAN_PACKAGE, "for the result-backend peers")
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: every benchmark against the local broker, one table, JSON in bench/results/.
 
-    bench/run.py [--quick] [--only throughput,publish,latency,startup,projectr]
+    bench/run.py [--quick] [--only throughput,publish,latency,startup,syscalls,projectr]
                  [--repetitions N] [--systems raw,gear,...]
 
 Each figure is the median of several repetitions in this one run, so ratios compare
@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from bench import latency, publish_rate, redis_store, report, startup, throughput
+from bench import latency, publish_rate, redis_store, report, startup, syscalls, throughput
 from bench.common import BENCH, PYTHON, ROOT
 
 log = logging.getLogger("bench")
 
 RESULTS = BENCH / "results"
-ITEMS = ("throughput", "publish", "latency", "startup", "projectr")
+ITEMS = ("throughput", "publish", "latency", "startup", "syscalls", "projectr")
 
 
 def machine() -> dict[str, Any]:
@@ -156,6 +156,8 @@ def main() -> int:
             except Exception as error:
                 log.exception("start-up of %s failed", job_type)
                 results["startup"].append({"job_type": job_type, "error": str(error)})
+    if "syscalls" in items:
+        results["syscalls"] = syscalls.measure_all(1000 if args.quick else 2000)
     if "projectr" in items:
         results["projectr"] = run_projectr(args.quick)
     results["finished"] = time.time()
@@ -164,6 +166,9 @@ def main() -> int:
     (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(report.table(results))
+    if results.get("syscalls"):
+        print("\n[6] system calls a job (strace -c -f, consumer and executor child):\n")
+        print(syscalls.table(results["syscalls"]))
     print(f"\n{len(items)} items in {results['finished'] - results['started']:.0f} s; "
           f"JSON: {(RESULTS / name).relative_to(ROOT)}")
     return 0
