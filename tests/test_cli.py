@@ -111,7 +111,7 @@ def test_status_counts_the_job_in_progress_as_unacked(make_config, start_consume
     assert (rows["echo"]["ready"], rows["echo"]["unacked"], rows["echo"]["consumers"]) == \
         (0, 1, 1)
     table = gearqueue(config, "status")
-    assert "UNACKED" in table.stdout
+    assert "unacked 1" in table.stdout and "running" in table.stdout
 
 
 def test_consumer_with_an_unwritable_state_dir_exits_2_at_once(make_config, tmp_path) -> None:

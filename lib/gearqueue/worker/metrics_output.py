@@ -67,10 +67,13 @@ class HttpEndpoint:
     def __init__(self, port: int) -> None:
         self.port = port
         self._server: Any = None
-        self._tried = 0.0
+        #: When `open` last tried (None: not yet asked to).
+        self._tried: float | None = None
         self._warned = False
 
     def open(self, registry: CollectorRegistry) -> None:
+        if self._server is not None:
+            return
         self._tried = time.monotonic()
         try:
             self._server, _thread = start_http_server(self.port, ADDRESS, registry)
@@ -86,7 +89,8 @@ class HttpEndpoint:
                  extra=fields(metrics_port=self.port))
 
     def tick(self, registry: CollectorRegistry) -> None:
-        if self._server is None and time.monotonic() - self._tried >= RETRY_BIND_SECONDS:
+        if self._server is None and self._tried is not None \
+                and time.monotonic() - self._tried >= RETRY_BIND_SECONDS:
             self.open(registry)
 
     def close(self, registry: CollectorRegistry) -> None:
@@ -108,7 +112,7 @@ class Textfile:
         self._write(registry)
 
     def tick(self, registry: CollectorRegistry) -> None:
-        if time.monotonic() - self._written >= TEXTFILE_EVERY_SECONDS:
+        if self._written and time.monotonic() - self._written >= TEXTFILE_EVERY_SECONDS:
             self._write(registry)
 
     def close(self, registry: CollectorRegistry) -> None:
