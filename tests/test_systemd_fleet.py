@@ -356,6 +356,49 @@ def test_a_crash_loop_hits_the_start_limit_and_a_target_restart_clears_it(
 # --- upgrade and uninstall (last: it removes the installation) ------------------------------
 
 
+def test_status_shows_units_their_status_lines_a_hung_instance_and_a_failed_unit(
+        fleet: Fleet) -> None:
+    fleet.ns.run("sh", "-c", f"printf '[status]\\nstale_after = 3\\n' >> {CONFIG}")
+    fleet.add_dropin("echo-consumer@.service", "[Service]\n"
+                     "Environment=GEAR_TEST_HANG_ON_SIGUSR2=1\n")
+    # Instance 3 cannot start: a failed unit, which the broker never hears of.
+    fleet.add_dropin("echo-consumer@3.service",
+                     "[Service]\nRestart=no\nExecStart=\nExecStart=/bin/false\n")
+    fleet.ns.systemctl("start", "echo-consumer.target")
+    fleet.wait_running("echo", 2)
+    fleet.ns.systemctl("start", "echo-consumer@3.service", check=False)
+    publisher = fleet.publisher("echo")
+    job_id = f"{fleet.tag}-status"
+    try:
+        publisher.publish({"data": "long", "sleep": 12}, job_id, message_id=job_id)
+        busy = _instance_running(fleet, "echo", job_id)
+        (hung,) = set(fleet.running("echo")) - {busy}
+        fleet.ns.systemctl("kill", "--kill-whom=main", "--signal=SIGUSR2", hung)
+        time.sleep(4.5)  # past stale_after
+        text = fleet.gearqueue("status", "echo", "--json")
+        (row,) = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        views = {view["unit"]: view for view in row["instances"]}
+        table = fleet.gearqueue("status", "echo")
+        fleet.ns.systemctl("kill", "--kill-whom=all", "--signal=SIGKILL", hung)
+        publisher.wait_replies(1, timeout=30)
+    finally:
+        publisher.close()
+    assert row["systemd"] is True
+    assert views[busy]["state"] == "running" and views[busy]["job_id"] == job_id
+    assert views[busy]["unit_state"] == "active/running"
+    assert views[busy]["status_line"].startswith(f"job {job_id} running")
+    assert views[busy]["executor_rss_mb"] > 10 and views[busy]["uptime_seconds"] > 1
+    assert views[hung]["state"] == "not responding" and not views[hung]["healthy"]
+    assert views[hung]["status_line"] == "idle"  # what it told systemd before it hung
+    failed = views["echo-consumer@3.service"]
+    assert (failed["state"], failed["detail"]) == ("failed", "systemd: exit-code")
+    # The broker still counts the hung instance's consumer.
+    assert (row["consumers"], row["responding"], row["not_responding"],
+            row["failed_units"]) == (2, 1, 1, 1)
+    assert "1 NOT RESPONDING" in table and "1 unit(s) FAILED" in table
+    print(table)
+
+
 def test_reinstall_changes_nothing_and_uninstall_leaves_config_and_data(fleet: Fleet) -> None:
     ns = fleet.ns
     files = [*installed_units(fleet), CONFIG]

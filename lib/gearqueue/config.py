@@ -9,6 +9,7 @@ because AMQP URLs carry percent-encoded vhosts and passwords.
 from __future__ import annotations
 
 import configparser
+import itertools
 import logging
 import os
 import re
@@ -58,6 +59,20 @@ class StateSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    #: 0: no HTTP endpoint (unless a job type's metrics_port is set).
+    port: int = 0
+    #: Write <identifier>.prom here instead of serving (node_exporter's textfile collector).
+    textfile_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    #: 0: each instance's own figure (gearqueue.instances).
+    stale_after: float = 0.0
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     job_type: str
     contract: str
@@ -87,6 +102,8 @@ class ServiceSettings:
     max_priority: int
     message_ttl: int
     reply_timeout: float
+    #: This type's first metrics port as given (0: derived, see `metrics_port_of`).
+    metrics_port: int = 0
 
     @property
     def jobs_per_batch(self) -> int:
@@ -102,6 +119,8 @@ class Settings:
     paths: PathSettings
     services: Mapping[str, ServiceSettings] = field(default_factory=dict)
     state: StateSettings = field(default_factory=StateSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    status: StatusSettings = field(default_factory=StatusSettings)
 
     def service(self, job_type: str) -> ServiceSettings:
         try:
@@ -230,8 +249,54 @@ def _build_settings(path: Path, parser: configparser.RawConfigParser,
         path_values.update({name: value for name, value in gear_ini.GEAR_PATHS.items()
                             if name not in given_paths})
     paths = PathSettings(**{name: base / value for name, value in path_values.items()})
+    metric_values = values("metrics", defaults.METRICS_KEYS)
+    textfile = metric_values["textfile_dir"]
+    metrics = MetricsSettings(port=metric_values["port"],
+                              textfile_dir=base / textfile if textfile else None)
+    _check_metric_ports(metrics, services, path)
     return Settings(source=path, rabbitmq=RabbitSettings(urls=urls, **rabbit), paths=paths,
-                    services=services, state=state)
+                    services=services, state=state, metrics=metrics,
+                    status=StatusSettings(**values("status", defaults.STATUS_KEYS)))
+
+
+#: Ports of one job type's instances: a type's block (instances 1 to 100).
+METRIC_PORTS_PER_TYPE = 100
+
+
+def metrics_port_of(settings: Settings, job_type: str) -> int:
+    """The metrics port of `job_type`'s instance 1 (and of a consumer started by hand),
+    or 0 when its metrics are not served over HTTP."""
+    service = settings.service(job_type)
+    if service.metrics_port:
+        return service.metrics_port
+    if not settings.metrics.port:
+        return 0
+    return settings.metrics.port + METRIC_PORTS_PER_TYPE * JOB_TYPES.index(job_type)
+
+
+def _check_metric_ports(metrics: MetricsSettings, services: Mapping[str, ServiceSettings],
+                        path: Path) -> None:
+    """The ports of two types' blocks must not overlap, nor pass 65535."""
+    blocks: list[tuple[int, str]] = []
+    for index, name in enumerate(JOB_TYPES):
+        first = services[name].metrics_port or (
+            metrics.port + METRIC_PORTS_PER_TYPE * index if metrics.port else 0)
+        if first:
+            blocks.append((first, name))
+    blocks.sort()
+    for (first, name), (following, other) in itertools.pairwise(blocks):
+        if following - first < services[name].workers:
+            raise ConfigError(
+                f"metrics ports of {name} ({first}-{first + services[name].workers - 1}, "
+                f"workers = {services[name].workers}) overlap those of {other} (from "
+                f"{following}): set metrics_port of one of them apart",
+                path=str(path), section=service_section(other), key="metrics_port")
+    for first, name in blocks:
+        if first + max(services[name].workers, 1) - 1 > 65535:
+            key = "metrics_port" if services[name].metrics_port else "port"
+            section = service_section(name) if services[name].metrics_port else "metrics"
+            raise ConfigError(f"metrics ports of {name} pass 65535 (from {first})",
+                              path=str(path), section=section, key=key)
 
 
 def _check_service(service: ServiceSettings, path: Path, section: str) -> None:

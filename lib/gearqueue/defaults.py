@@ -112,6 +112,30 @@ STATE_KEYS: tuple[Key, ...] = (
         "(docs/scaling.md). A password may come from $GEAR_STATE_PASSWORD or ~/.pgpass."),
 )
 
+METRICS_KEYS: tuple[Key, ...] = (
+    Key("port", parse_int, 0,
+        "Serve Prometheus metrics on 127.0.0.1 from this port (0: off). Instance N of a "
+        "job type listens on its type's port + N - 1 (a consumer started by hand, "
+        "instance 0, on the port itself); a type's port is its section's metrics_port, "
+        "else this + 100 x its place in echo, projectr, dataset_import, export (0-3), so "
+        "the types of one host never collide (docs/operations.md, Metrics). A port in use "
+        "is logged and retried; jobs are never held up by metrics.", minimum=0),
+    Key("textfile_dir", parse_str, "",
+        "Instead of serving them, write each consumer's metrics to "
+        "<textfile_dir>/<identifier>.prom (atomically, about every 5 s and at exit) for "
+        "node_exporter's textfile collector. Must be writable by the consumers (add it "
+        "to ReadWritePaths= under systemd). Empty: off. Relative paths are taken from "
+        "the folder of gear.ini."),
+)
+
+STATUS_KEYS: tuple[Key, ...] = (
+    Key("stale_after", parse_float, 0.0,
+        "`gearqueue status` shows an instance as not responding when its live status "
+        "file (<state_dir>/instances/, rewritten about every second) is older than this "
+        "many seconds, though the broker still counts its consumer. 0: the instance's own "
+        "figure (10 s; an inline job type: 10 s + its time limit).", minimum=0),
+)
+
 SERVICE_KEYS: tuple[Key, ...] = (
     Key("contract", parse_choice("gearqueue", "gear"), "gearqueue",
         "Who is on the other side of the queue. gearqueue: this project's own topology "
@@ -192,12 +216,18 @@ SERVICE_KEYS: tuple[Key, ...] = (
         "Opt-in x-message-ttl in milliseconds for the main queue. 0: none.", minimum=0),
     Key("reply_timeout", parse_float, 60.0, "Default seconds call() waits for a reply.",
         minimum=0.001),
+    Key("metrics_port", parse_int, 0,
+        "This type's first metrics port (instance 1; instance N: + N - 1). 0: [metrics] "
+        "port + 100 x the type's place (echo 0, projectr 1, dataset_import 2, export 3), "
+        "or off when [metrics] port is 0.", minimum=0),
 )
 
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {
     "rabbitmq": RABBITMQ_KEYS,
     "paths": PATH_KEYS,
     "state": STATE_KEYS,
+    "metrics": METRICS_KEYS,
+    "status": STATUS_KEYS,
 }
 
 #: Where gear.ini is looked for when no --config is given (after $GEAR_INI).

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import textwrap
 
-from ..defaults import PATH_KEYS, RABBITMQ_KEYS, SERVICE_KEYS, STATE_KEYS, Key
+from ..defaults import (
+    METRICS_KEYS,
+    PATH_KEYS,
+    RABBITMQ_KEYS,
+    SERVICE_KEYS,
+    STATE_KEYS,
+    STATUS_KEYS,
+    Key,
+)
 from ..jobtypes import JOB_TYPES
 
 HEADER = """\
@@ -46,6 +54,8 @@ def render_example() -> str:
     lines += _section("rabbitmq", RABBITMQ_KEYS)
     lines += _section("paths", PATH_KEYS)
     lines += _section("state", STATE_KEYS)
+    lines += _section("metrics", METRICS_KEYS)
+    lines += _section("status", STATUS_KEYS)
     for job_type in JOB_TYPES:
         lines += _section(f"{job_type}_service", SERVICE_KEYS, job_type,
                           intro=f"The {job_type} job type (queue {job_type}_jobs).")

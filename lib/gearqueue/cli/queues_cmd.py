@@ -1,4 +1,5 @@
-"""`gearqueue status`: per job type, what waits, what runs, who consumes, what died."""
+"""`gearqueue status [TYPE]`: per job type, what waits, what runs, who consumes, what
+died; and per instance on this host, what it does (cli/status_instances.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,30 @@ from typing import Any
 
 import pika.exceptions
 
-from .. import exitcodes
+from .. import exitcodes, instances
 from ..broker import close_quietly, connect, converted_errors
 from ..config import ServiceSettings, Settings, load_settings
 from ..errors import BrokerUnavailable
+from ..instances import NOT_RESPONDING
 from ..topology import dead_queue, retry_queue
 from .queues_unacked import unacked_counts
+from .status_instances import FAILED, GONE, instance_views
+from .status_render import render
+from .status_units import UnitState, consumer_units
+from .status_watch import watch
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("status", help="queue depths and consumers per job type")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser = subparsers.add_parser(
+        "status", help="queues, consumers and what each instance is doing, per job type")
+    parser.add_argument("job_type", nargs="?", metavar="TYPE",
+                        help="only this job type (e.g. projectr)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per job type "
+                        "and line, its instances in `instances`")
+    parser.add_argument("--watch", action="store_true",
+                        help="refresh until interrupted (in place on a terminal)")
+    parser.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between refreshes with --watch (default 2)")
     parser.set_defaults(run=run)
 
 
@@ -59,6 +73,7 @@ def queue_figures(settings: Settings, service: ServiceSettings,
     return {
         "job_type": service.job_type, "queue": service.queue,
         "queue_enabled": service.queue_enabled,
+        "queue_exists": main is not None,
         "ready": main[0] if main else None,
         "unacked": unacked.get(service.queue) if unacked and main else None,
         "consumers": main[1] if main else None,
@@ -68,30 +83,63 @@ def queue_figures(settings: Settings, service: ServiceSettings,
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    rows = []
-    unacked_by_url: dict[str, dict[str, int] | None] = {}
-    for service in settings.services.values():
-        url = settings.broker_urls(service.job_type)[0]
-        if url not in unacked_by_url:
-            unacked_by_url[url] = unacked_counts(url)
-        try:
-            rows.append(queue_figures(settings, service, unacked_by_url[url]))
-        except BrokerUnavailable as error:
-            if service.queue_enabled:
-                raise
-            rows.append({"job_type": service.job_type, "queue": service.queue,
-                         "queue_enabled": False, "error": str(error)})
+    job_types = _chosen(settings, args.job_type)
+    if args.watch:
+        return watch(lambda: status_rows(settings, job_types), args.json, args.interval)
+    rows = status_rows(settings, job_types)
     if args.json:
         for row in rows:
             print(json.dumps(row))
-        return exitcodes.OK
-    print(f"{'TYPE':16} {'QUEUE':28} {'READY':>6} {'UNACKED':>7} {'RETRYING':>8} {'DEAD':>6} "
-          f"{'CONSUMERS':>9}")
-    for row in rows:
-        def cell(key: str, row: dict[str, Any] = row) -> str:
-            value = row.get(key)
-            return "-" if value is None else str(value)
-        print(f"{row['job_type']:16} {row['queue']:28} {cell('ready'):>6} {cell('unacked'):>7} "
-              f"{cell('retrying'):>8} {cell('dead'):>6} {cell('consumers'):>9}"
-              + ("" if row["queue_enabled"] else "  (queueing off)"))
+    else:
+        print(render(rows), end="")
     return exitcodes.OK
+
+
+def _chosen(settings: Settings, job_type: str | None) -> tuple[str, ...]:
+    if job_type is None:
+        return tuple(settings.services)
+    return (settings.service(job_type.replace("-", "_")).job_type,)
+
+
+def status_rows(settings: Settings, job_types: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per job type: the broker's figures, then each instance (status files, units)."""
+    rows = []
+    unacked_by_url: dict[str, dict[str, int] | None] = {}
+    units = consumer_units(job_types)
+    for job_type in job_types:
+        service = settings.service(job_type)
+        try:
+            row = queue_figures(settings, service, None)
+        except BrokerUnavailable as error:
+            if service.queue_enabled:
+                raise
+            row = {"job_type": job_type, "queue": service.queue, "queue_enabled": False,
+                   "error": str(error)}
+        if row.get("queue_exists"):  # asked only of a broker that answers
+            url = settings.broker_urls(job_type)[0]
+            if url not in unacked_by_url:
+                unacked_by_url[url] = unacked_counts(url)
+            counts = unacked_by_url[url]
+            row["unacked"] = counts.get(service.queue) if counts else None
+        rows.append(row | instance_figures(settings, job_type, row, units))
+    return rows
+
+
+def instance_figures(settings: Settings, job_type: str, row: dict[str, Any],
+                     units: dict[str, list[UnitState]] | None) -> dict[str, Any]:
+    views = instance_views(instances.read_all(settings, job_type),
+                           None if units is None else units.get(job_type, []),
+                           stale_after=settings.status.stale_after)
+    responding = sum(view.healthy for view in views)
+    not_responding = sum(view.state in (NOT_RESPONDING, GONE) for view in views)
+    failed = sum(view.state == FAILED for view in views)
+    figures: dict[str, Any] = {
+        "systemd": units is not None, "responding": responding,
+        "not_responding": not_responding, "failed_units": failed,
+        "instances": [view.as_dict() for view in views]}
+    consumers = row.get("consumers")
+    if not_responding and consumers:
+        figures["warning"] = (
+            f"the broker counts {consumers} consumer(s), but {not_responding} instance(s) "
+            "here do not respond: their connections still hold the queue's messages")
+    return figures

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
+
+import psutil
 
 from ..config import ServiceSettings, Settings, inline_limit
 from ..errors import ExecutorStartFailed, HardTimeLimitExceeded, SoftTimeLimitExceeded
@@ -152,8 +155,17 @@ class InlineExecutor:
     def signal_soft_limit(self) -> None:
         """The timer does it inside the job."""
 
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
     def rss_mb(self) -> float:
-        return 0.0  # not watched: max_memory_mb is refused for inline jobs
+        """This process's own (for status and metrics; max_memory_mb is refused for
+        inline jobs, so the limits never ask)."""
+        try:
+            return float(psutil.Process().memory_info().rss) / 2**20
+        except psutil.Error:
+            return 0.0
 
     def kill(self) -> None:
         """Nothing to kill: a job past its limit was stopped by its timer."""

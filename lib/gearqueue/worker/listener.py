@@ -39,7 +39,8 @@ def run_consumer(job_type: str, argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
         consumer = Consumer(settings, job_type, identifier=identifier, stop=stop,
-                            observers=observers_for(settings, job_type, args.instance))
+                            observers=observers_for(settings, job_type, args.instance,
+                                                        identifier))
         consumer.run()
     except (ConfigError, TopologyMismatch) as error:
         log.error("configuration error: %s", error)

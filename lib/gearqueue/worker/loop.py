@@ -139,7 +139,8 @@ class Consumer:
         self.store.check_writable()
         import_record_files(self.store, self.settings.paths.state_dir / self.service.job_type)
         self.notifier.status("starting: loading the executor")
-        self.executor.start(idle=self.notifier.watchdog)
+        self.executor.start(idle=self._starting)
+        self.observers.started(self.executor)
         failures = 0
         try:
             while not self.stop.requested:
@@ -171,6 +172,7 @@ class Consumer:
                     channel.close()
         finally:
             self.notifier.stopping()
+            self.observers.stopping()
             self.executor.shutdown()
             self.job_log.flush()
             self.observers.stopped()
@@ -204,6 +206,7 @@ class Consumer:
         deadline = time.monotonic() + seconds
         while not self.stop.requested and time.monotonic() < deadline:
             self.notifier.watchdog()
+            self.observers.idle()
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
     # --- deliveries --------------------------------------------------------------------
@@ -219,7 +222,7 @@ class Consumer:
             self._reject(delivery, error)
             return
         if not self.executor.running:
-            self.executor.start(idle=self._keep_alive)
+            self.executor.start(idle=self._starting)
         self._respect_rate_limit()
         self._finish(self._start_batch(channel, first))
 
@@ -345,6 +348,7 @@ class Consumer:
         deadline = time.monotonic() + seconds
         while not self.stop.requested:
             self.notifier.watchdog()
+            self.observers.idle()
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -395,6 +399,7 @@ class Consumer:
         if self.stop.requested:
             self.executor.stop_after_current()
             self.notifier.stopping(f"{status}, stopping after it")
+            self.observers.stopping()
         else:
             self.notifier.status(status)
         self.notifier.watchdog()
@@ -511,6 +516,11 @@ class Consumer:
         with contextlib.suppress(BrokerUnavailable):
             self._keep_alive()
 
+    def _starting(self) -> None:
+        """While the executor (re)starts: the connection, the watchdog, signs of life."""
+        self._keep_alive()
+        self.observers.idle()
+
     def _keep_alive(self) -> None:
         self.notifier.watchdog()
         if self.channel is not None and self.channel.alive:
@@ -542,7 +552,7 @@ class Consumer:
         else:
             log.info("recycling the executor child: %s", reason)
             self.executor.stop()
-            self.executor.start(idle=self._keep_alive)
+            self.executor.start(idle=self._starting)
 
     def _attempts_so_far(self, job_id: str) -> int:
         record = self.store.get(job_id)

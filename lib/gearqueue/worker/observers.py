@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..log import fields
 
@@ -25,9 +25,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class ExecutorView(Protocol):
+    """What an observer may read of whatever runs the jobs (the executor child, or the
+    consumer itself for inline jobs): read-only, cheap, never a way to change a job."""
+
+    @property
+    def pid(self) -> int | None:
+        """The process that runs the jobs (None between two children)."""
+
+    def rss_mb(self) -> float:
+        """Its resident memory, MiB (0 when unknown)."""
+
+
 class ConsumerObserver:
     """Do-nothing hooks; override the ones you need. Called on the consumer's main
     thread, so they must return quickly (no blocking I/O over the network)."""
+
+    def started(self, executor: ExecutorView) -> None:
+        """The executor is up (once, before the first connect); `executor` stays valid
+        across recycling (it shows the current child)."""
 
     def consuming(self, channel: Channel) -> None:
         """Connected (again) and consuming on `channel`."""
@@ -45,10 +61,15 @@ class ConsumerObserver:
         """These jobs were settled: their replies sent and their messages acked."""
 
     def idle(self) -> None:
-        """A tick while no job runs (about every IDLE_POLL_SECONDS)."""
+        """A tick while no job runs: about every IDLE_POLL_SECONDS while consuming, more
+        often while the executor starts, the loop waits to reconnect or waits for the
+        state database. A sign of life, not a state (see `waiting`)."""
 
     def waiting(self, reason: str) -> None:
         """Taking no job for now: reconnecting, or waiting for the state database."""
+
+    def stopping(self) -> None:
+        """A stop was asked for: the job running (if any) is the last one."""
 
     def stopped(self) -> None:
         """The consumer is exiting (cleanly): release what the observer holds."""
@@ -74,6 +95,9 @@ class Observers(ConsumerObserver):
                         type(observer).__name__, hook, exc_info=True,
                         extra=fields(observer=type(observer).__name__))
 
+    def started(self, executor: ExecutorView) -> None:
+        self._each("started", executor)
+
     def consuming(self, channel: Channel) -> None:
         self._each("consuming", channel)
 
@@ -95,12 +119,29 @@ class Observers(ConsumerObserver):
     def waiting(self, reason: str) -> None:
         self._each("waiting", reason)
 
+    def stopping(self) -> None:
+        self._each("stopping")
+
     def stopped(self) -> None:
         self._each("stopped")
 
 
-def observers_for(settings: Settings, job_type: str, instance: str) -> list[ConsumerObserver]:
+def observers_for(settings: Settings, job_type: str, instance: str,
+                  identifier: str) -> list[ConsumerObserver]:
     """The observers gear.ini turns on for one consumer instance (`instance`: systemd's
-    %i, "0" for a consumer started by hand). Each is built here, in the order called."""
-    observers: list[ConsumerObserver] = []
+    %i, "0" for a consumer started by hand). Each is built here, in the order called.
+
+    The live status file is always kept; metrics when [metrics] asks for them (the
+    `metrics` object is there for the events publisher too: `metrics.event_failed()`).
+    """
+    from .executor import isolation_of
+    from .instance_status import InstanceStatus
+    from .metrics import ConsumerMetrics
+    from .metrics_output import metrics_output_for
+
+    status = InstanceStatus(settings, job_type, instance, identifier,
+                            inline=isolation_of(settings.service(job_type)) == "inline")
+    output = metrics_output_for(settings, job_type, instance, identifier)
+    metrics = ConsumerMetrics(job_type, instance, output)
+    observers: list[ConsumerObserver] = [status, metrics]
     return observers
