@@ -47,11 +47,12 @@ def reporter(clock: Clock) -> tuple[ProgressReporter, list[Progress]]:
 
 def test_many_calls_make_a_write_per_interval_at_most() -> None:
     clock = Clock()
-    report, written = reporter(clock)
+    throttle, written = reporter(clock)
+    report, finish = throttle.report, throttle.finish
     for done in range(10_000):  # 10 000 calls over 5 s
         clock.now += 5.0 / 10_000
         report(done, 10_000, "chunk")
-    report.finish()
+    finish()
     assert 9 <= len(written) <= 11  # ~2 a second, plus the last
     assert written[-1] == Progress(9_999, 10_000, "chunk")
     assert [p.done for p in written] == sorted(p.done for p in written)
@@ -59,28 +60,30 @@ def test_many_calls_make_a_write_per_interval_at_most() -> None:
 
 def test_a_quick_job_writes_nothing_not_even_at_its_end() -> None:
     clock = Clock()
-    report, written = reporter(clock)
+    throttle, written = reporter(clock)
+    report, finish = throttle.report, throttle.finish
     for phase in ("read", "project", "write"):  # phase changes within the first interval
         for done in range(100):
             clock.now += 0.0001
             report(done, 100, phase)
-    report.finish()
+    finish()
     assert written == []
 
 
 def test_a_phase_change_is_written_at_once_and_the_end_at_the_end() -> None:
     clock = Clock()
-    report, written = reporter(clock)
+    throttle, written = reporter(clock)
+    report, finish = throttle.report, throttle.finish
     clock.now += INTERVAL
     report(1, 10, "z-scores")
     clock.now += 0.01
     report(2, 10, "z-scores")  # throttled
     report(0, 10, "projecting")  # a new phase: at once
     report(5, 10, "projecting")
-    report.finish()
+    finish()
     assert written == [Progress(1, 10, "z-scores"), Progress(0, 10, "projecting"),
                        Progress(5, 10, "projecting")]
-    report.finish()  # nothing new: no write
+    finish()  # nothing new: no write
     assert len(written) == 3
 
 
@@ -96,7 +99,8 @@ def test_a_phase_change_is_written_at_once_and_the_end_at_the_end() -> None:
 ])
 def test_impossible_progress_is_a_clear_permanent_error(done: object, total: object,
                                                         phase: object, expected: str) -> None:
-    report, written = reporter(Clock())
+    throttle, written = reporter(Clock())
+    report = throttle.report
     with pytest.raises(InvalidProgress, match=expected) as raised:
         report(done, total, phase)  # type: ignore[arg-type]
     assert "echo job j reported progress" in str(raised.value)
@@ -106,7 +110,8 @@ def test_impossible_progress_is_a_clear_permanent_error(done: object, total: obj
 
 def test_numpy_integers_unknown_totals_and_nothing_to_do_are_accepted() -> None:
     clock = Clock()
-    report, written = reporter(clock)
+    throttle, written = reporter(clock)
+    report, finish = throttle.report, throttle.finish
     clock.now += INTERVAL
     report(np.int64(3), np.int64(7), "chunk")  # type: ignore[arg-type]
     clock.now += INTERVAL
@@ -118,17 +123,25 @@ def test_numpy_integers_unknown_totals_and_nothing_to_do_are_accepted() -> None:
     assert type(written[0].done) is int
 
 
-def test_a_throttled_call_costs_well_under_a_microsecond() -> None:
-    report, written = reporter(Clock())  # the clock never moves: every call throttled
-    calls = 200_000
-    best = float("inf")
-    for _ in range(3):
+def test_a_throttled_call_costs_a_few_empty_function_calls() -> None:
+    """Against an empty function of the same arguments, timed alternately, so a loaded
+    machine slows both alike (alone: ~0.4 us a call against ~0.1 us, docs/operations.md)."""
+    written: list[Progress] = []  # the real clock; every call throttled
+    report = ProgressReporter("echo job j", written.append, interval=3600).report
+
+    def empty(done: int, total: int | None = None, phase: str = "") -> None:
+        pass
+
+    def timed(function: object, calls: int = 100_000) -> float:
         started = time.perf_counter()
         for done in range(calls):
-            report(done, calls, "chunk")
-        best = min(best, (time.perf_counter() - started) / calls)
+            function(done, calls, "chunk")  # type: ignore[operator]
+        return (time.perf_counter() - started) / calls
+
+    ours = min(timed(report) for _ in range(5))
+    baseline = min(timed(empty) for _ in range(5))
     assert written == []
-    assert best < 1e-6, f"{best * 1e9:.0f} ns a call"
+    assert ours < 10 * baseline, f"{ours * 1e9:.0f} ns a call, {baseline * 1e9:.0f} ns empty"
 
 
 # --- the record and the transition ----------------------------------------------------

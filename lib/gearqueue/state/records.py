@@ -66,10 +66,12 @@ class JobRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The fields in declaration order, the status as its value (shallow: json
-        serialises the result anyway)."""
+        serialises the result anyway); no `progress` key when there is none."""
         data = {name: getattr(self, name) for name in _FIELDS}
         data["status"] = self.status.value
-        if self.progress is not None:
+        if self.progress is None:
+            del data["progress"]  # as before progress existed: a record older code reads
+        else:
             data["progress"] = self.progress.to_json()
         return data
 

@@ -51,7 +51,8 @@ class ProgressReporter:
         #: How many writes were made (tests, the figures).
         self.writes = 0
 
-    def __call__(self, done: int, total: int | None = None, phase: str = "") -> None:
+    def report(self, done: int, total: int | None = None, phase: str = "") -> None:
+        """JobContext.progress (a bound method: a third cheaper to call than __call__)."""
         if (done.__class__ is not int or done < 0 or phase.__class__ is not str
                 or (total is not None and (total.__class__ is not int or done > total))):
             done, total, phase = self._checked(done, total, phase)

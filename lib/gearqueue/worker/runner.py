@@ -153,7 +153,8 @@ class JobRunner:
             settings=self.settings, isolated=self.isolated, consumer=self.consumer,
             log=logging.LoggerAdapter(log, fields(job_id=job_id, attempt=attempt,
                                                   job_type=self.service.job_type)),
-            confirm_lock=lambda: self.store.confirm_locked(job_id), progress=reporter)
+            confirm_lock=lambda: self.store.confirm_locked(job_id),
+            progress=reporter.report)
         started = time.monotonic()
         testhook.reached(testhook.BEFORE_RUN)
         try:
