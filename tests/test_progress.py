@@ -111,7 +111,7 @@ def test_impossible_progress_is_a_clear_permanent_error(done: object, total: obj
 def test_numpy_integers_unknown_totals_and_nothing_to_do_are_accepted() -> None:
     clock = Clock()
     throttle, written = reporter(clock)
-    report, finish = throttle.report, throttle.finish
+    report = throttle.report
     clock.now += INTERVAL
     report(np.int64(3), np.int64(7), "chunk")  # type: ignore[arg-type]
     clock.now += INTERVAL
