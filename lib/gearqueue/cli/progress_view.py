@@ -47,8 +47,8 @@ class PlainView:
 
 
 class BarView:
-    """One rich progress bar: status, done/total (a moving bar while the total is not
-    known), phase, time since the view opened."""
+    """One rich progress bar: done/total (a moving bar while the total is not known),
+    phase, status, and the time in this phase (each phase starts its bar again)."""
 
     def __init__(self, job_id: str, stream: TextIO) -> None:
         from rich.console import Console
@@ -68,6 +68,7 @@ class BarView:
                              console=Console(file=stream), transient=False)
         self._task = self._bar.add_task(f"job {job_id}", total=None, phase="",
                                         status="waiting")
+        self._phase: str | None = None
         self._bar.start()
 
     def show(self, record: JobRecord) -> None:
@@ -76,6 +77,11 @@ class BarView:
                                          if record.attempts > 1 else "")
         if progress is None:
             self._bar.update(self._task, status=status)
+            return
+        if progress.phase != self._phase:  # a new phase: its own bar and time
+            self._phase = progress.phase
+            self._bar.reset(self._task, total=progress.total, completed=progress.done,
+                            phase=progress.phase, status=status)
             return
         self._bar.update(self._task, total=progress.total, completed=progress.done,
                          phase=progress.phase, status=status)
