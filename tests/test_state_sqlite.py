@@ -40,7 +40,9 @@ def test_records_live_in_one_wal_database_per_job_type_as_compact_json(tmp_path)
     with sqlite3.connect(store.path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     text = stored_rows(store)["job-1"]
-    assert list(json.loads(text)) == [item.name for item in fields(JobRecord)]
+    # A record without progress has no `progress` key, as before it existed.
+    assert list(json.loads(text)) == [item.name for item in fields(JobRecord)
+                                      if item.name != "progress"]
     assert json.loads(text)["status"] == "queued"
     assert ", " not in text and ": " not in text
 

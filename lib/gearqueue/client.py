@@ -140,7 +140,9 @@ class Client:
             return self._await_reply(job_type, job_id, timeout)
 
     def status(self, job_type: str, job_id: str) -> JobRecord:
-        """The stored state of a job (UnknownJob if none)."""
+        """The stored state of a job (UnknownJob if none): its status, attempts, result,
+        and `progress` (done, total, phase: the last the running attempt reported, kept
+        once it ends; None for a job that reports none or ended within half a second)."""
         return self._store(job_type).require(job_id)
 
     # --- internals -------------------------------------------------------------------

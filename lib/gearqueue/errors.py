@@ -88,6 +88,11 @@ class MemoryLimitExceeded(TransientJobError):
     """The executor child's memory grew far past `max_memory_mb`; it was killed."""
 
 
+class InvalidProgress(PermanentJobError):
+    """A job reported impossible progress (done above total, a negative count, not an
+    integer): a bug in the job, which the same code would repeat, so not retried."""
+
+
 class AttemptsExhausted(PermanentJobError):
     """The message was already tried `max_retries + 1` times (e.g. it kills its consumer)."""
 

@@ -22,11 +22,20 @@ from ..errors import (
     UnknownJob,
 )
 from ..log import setup_logging
-from . import config_cmd, dead_cmd, doctor_cmd, jobs_cmd, queues_cmd, scale_cmd, state_cmd
+from . import (
+    config_cmd,
+    dead_cmd,
+    doctor_cmd,
+    jobs_cmd,
+    queues_cmd,
+    scale_cmd,
+    state_cmd,
+    watch_cmd,
+)
 
 #: Subcommand modules; each has register(subparsers) adding parsers with a `run` default.
-COMMAND_MODULES = (config_cmd, jobs_cmd, queues_cmd, dead_cmd, doctor_cmd, scale_cmd,
-                   state_cmd)
+COMMAND_MODULES = (config_cmd, jobs_cmd, watch_cmd, queues_cmd, dead_cmd, doctor_cmd,
+                   scale_cmd, state_cmd)
 
 Runner = Callable[[argparse.Namespace], int]
 

@@ -1,4 +1,9 @@
-"""`gearqueue submit` and `gearqueue ping`: jobs from the command line."""
+"""`gearqueue submit` and `gearqueue ping`: jobs from the command line.
+
+`submit --wait` waits for the reply as `Client.call` does (through the broker, or
+in-process with queueing off) and meanwhile shows the job's progress from its state
+record on stderr (cli/progress_follow.py): stdout holds only the reply.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from typing import Any
 
 from .. import exitcodes
@@ -13,6 +19,9 @@ from ..client import Client
 from ..config import load_settings
 from ..errors import InvalidMessage
 from ..jobtypes import JOB_TYPES
+from ..state import open_store
+from .progress_follow import Follower
+from .progress_view import AUTO, MODES, view_for
 
 
 def register(subparsers: Any) -> None:
@@ -23,6 +32,9 @@ def register(subparsers: Any) -> None:
     submit.add_argument("--timeout", type=float, help="seconds to wait (default: "
                         "reply_timeout of the job type)")
     submit.add_argument("--job-id", help="a job id of your own (default: random)")
+    submit.add_argument("--progress", choices=MODES, default=AUTO,
+                        help="with --wait: a bar, plain lines, or off (default: a bar on "
+                        "a terminal, else plain lines; on stderr)")
     submit.set_defaults(run=run_submit)
 
     ping = subparsers.add_parser("ping", help="an echo round trip through the queue")
@@ -42,7 +54,14 @@ def run_submit(args: argparse.Namespace) -> int:
             job_id = client.submit(args.job_type, payload, job_id=args.job_id)
             print(json.dumps({"job_id": job_id}))
             return exitcodes.OK
-        reply = client.call(args.job_type, payload, timeout=args.timeout, job_id=args.job_id)
+        job_id = args.job_id or uuid.uuid4().hex  # known before the call, to follow it
+        store = open_store(settings, args.job_type)
+        try:
+            with Follower(store, job_id, view_for(job_id, args.progress)):
+                reply = client.call(args.job_type, payload, timeout=args.timeout,
+                                    job_id=job_id)
+        finally:
+            store.close()
     print(json.dumps(reply))
     return exitcodes.OK if reply.get("success", 0) > 0 else exitcodes.JOB_FAILED
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import PermanentJobError, TransientJobError
 from ..files import atomic_output, describe, sha256_file
-from ..matrices import GeneBlock
+from ..matrices import NO_REPORT, GeneBlock, Report, reporting
 from ..matrices.chunks import gene_blocks
 from ..matrices.delimited import DelimitedReader, write_delimited
 from ..matrices.h5ad import H5adTarget
@@ -43,8 +43,9 @@ class ZipResult:
 
 
 def export_zip(*, final: Path, request: dict[str, Any], datasets_dir: Path,
-               projections_dir: Path, budget: int) -> ZipResult:
-    """Write (or reuse) the zip at `final` for `request` (its validated fields)."""
+               projections_dir: Path, budget: int, progress: Report = NO_REPORT) -> ZipResult:
+    """Write (or reuse) the zip at `final` for `request` (its validated fields);
+    `progress` is told the table's rows written."""
     dataset_id, projection_id = request["dataset_id"], request.get("projection_id")
     inputs: dict[str, dict[str, Any]] = {}
     if projection_id is not None:
@@ -78,10 +79,11 @@ def export_zip(*, final: Path, request: dict[str, Any], datasets_dir: Path,
             bundle = BundleWriter(archive, mtime)
             if projection_id is None:
                 assert dataset is not None
-                metadata["table"] = _dataset_member(bundle, f"{base}.csv", dataset, budget)
+                metadata["table"] = _dataset_member(bundle, f"{base}.csv", dataset, budget,
+                                                    progress)
             else:
                 metadata.update(_projection_members(bundle, base, request, source,
-                                                    projections_dir, dataset))
+                                                    projections_dir, dataset, progress))
             bundle.finish(metadata)
     except OSError as error:  # reading errors are PermanentJobErrors by now
         raise TransientJobError(f"cannot write export {final}: {describe(error)}") from None
@@ -96,14 +98,15 @@ def _described(path: Path) -> dict[str, Any]:
         raise TransientJobError(f"cannot read {path}: {describe(error)}") from None
 
 
-def _dataset_member(bundle: BundleWriter, name: str, source: Path,
-                    budget: int) -> dict[str, Any]:
+def _dataset_member(bundle: BundleWriter, name: str, source: Path, budget: int,
+                    progress: Report) -> dict[str, Any]:
     """The dataset, genes x samples, streamed block by block into the zip."""
     if source.suffix == ".h5ad":
         target = open_target(source.parent, source.stem)
         try:
             rows = bundle.add_text(name, lambda stream: write_delimited(
-                stream, ",", target.sample_ids, gene_blocks(target, budget)))
+                stream, ",", target.sample_ids, reporting(
+                    gene_blocks(target, budget), progress, len(target.gene_ids), "rows written")))
             columns = len(target.sample_ids)
         finally:
             target.close()
@@ -112,19 +115,21 @@ def _dataset_member(bundle: BundleWriter, name: str, source: Path,
         with DelimitedReader(source, delimiter, label=f"dataset {source.name}",
                              block_values=budget // 8, allow_infinite=True) as reader:
             rows = bundle.add_text(name, lambda stream: write_delimited(
-                stream, ",", reader.sample_ids, reader.blocks()))
+                stream, ",", reader.sample_ids,
+                reporting(reader.blocks(), progress, None, "rows written")))
             columns = reader.num_samples
     return {"file": name, "layout": "genes x samples", "rows": rows, "columns": columns}
 
 
 def _projection_members(bundle: BundleWriter, base: str, request: dict[str, Any],
                         source: Path, projections_dir: Path,
-                        dataset: Path | None) -> dict[str, Any]:
+                        dataset: Path | None, progress: Report) -> dict[str, Any]:
     """The projection CSV and its heatmap; what the projection index says of it."""
     table = read_text_matrix(source, ",", what="projection", text_columns=1)
     name = f"{base}.csv"
     bundle.add_text(name, lambda stream: write_delimited(
-        stream, ",", table.labels, iter([GeneBlock(table.row_ids, table.values)])))
+        stream, ",", table.labels, reporting(iter([GeneBlock(table.row_ids, table.values)]),
+                                             progress, len(table.row_ids), "rows written")))
     groups = order = None
     group_by = request.get("group_by")
     if group_by is not None:

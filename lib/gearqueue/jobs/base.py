@@ -21,6 +21,13 @@ from ..config import Settings
 
 Request = TypeVar("Request")
 
+#: `context.progress(done, total, phase)`: see JobContext.progress.
+ReportProgress = Callable[[int, "int | None", str], None]
+
+
+def _no_progress(done: int, total: int | None = None, phase: str = "") -> None:
+    """Where no runtime listens (a job built by hand, a test)."""
+
 
 class FinalFailure(Protocol):
     """What a job type is told of its final failure (the runtime's `Outcome` is one):
@@ -50,6 +57,12 @@ class JobContext:
     #: True when a consumer runs the job (in its child or inline): a crash of the
     #: process is redelivered and counted. False in the caller (queue_enabled = 0).
     consumer: bool = False
+    #: `progress(done, total=None, phase="")`: how far the job is (`done` of `total`
+    #: units, total None while unknown, a short phase text). Call it as often as is
+    #: natural (per chunk, per block of rows): it is throttled into the job's state
+    #: record (worker/progress.py), and costs nothing measurable. Bad values raise
+    #: InvalidProgress. Call it from the thread that runs the job.
+    progress: ReportProgress = _no_progress
 
 
 #: Where a job runs in its consumer (the `isolation` key): a child process, or the

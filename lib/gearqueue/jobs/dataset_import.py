@@ -110,13 +110,13 @@ class DatasetImportJob(Job[ImportRequest]):
         try:
             with atomic_output(final) as temp:
                 if folder is not None:
-                    summary = mtx_to_h5ad(folder, temp)
+                    summary = mtx_to_h5ad(folder, temp, progress=context.progress)
                 elif request.format == "h5ad":
-                    summary = check_h5ad(source, label=label)
+                    summary = check_h5ad(source, label=label, progress=context.progress)
                     copy_h5ad(source, temp)
                 else:
                     summary = text_to_h5ad(source, DELIMITERS[request.format], temp,
-                                           label=label)
+                                           label=label, progress=context.progress)
                 stamp(temp, {"sha256": checksum, "upload": request.upload,
                              "format": request.format, "job_id": context.job_id,
                              "imported_at": _now(), **summary.as_reply()})

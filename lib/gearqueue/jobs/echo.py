@@ -15,6 +15,9 @@ Two optional fields exist for the failure tests (docs/echo.md):
   such re-runs.
 - "memory_mb": N allocates N MiB and keeps it until the executor child exits, the way
   a leaking library does, so `max_memory_mb` recycling and killing can be exercised.
+
+And one for the progress path (docs/echo.md): "progress": N splits the sleep into N
+steps and reports each (done of N, phase "step"), so a watcher sees a job advance.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ MAX_SLEEP_SECONDS = 24 * 3600
 #: Enough to pass any sensible max_memory_mb, small enough not to endanger the host.
 MAX_MEMORY_MB = 4096
 MARKS_FOLDER = "echo-marks"
+#: Steps of "progress": far more than a watcher can tell apart.
+MAX_PROGRESS_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class EchoRequest:
     fail: str | None
     mark: bool = False
     memory_mb: int = 0
+    progress: int = 0
 
 
 class EchoJob(Job[EchoRequest]):
@@ -60,7 +66,7 @@ class EchoJob(Job[EchoRequest]):
         self.ballast: list[bytearray] = []
 
     def validate(self, payload: Mapping[str, Any]) -> EchoRequest:
-        reject_unknown(payload, ("data", "sleep", "fail", "mark", "memory_mb"))
+        reject_unknown(payload, ("data", "sleep", "fail", "mark", "memory_mb", "progress"))
         if "data" not in payload:
             raise InvalidMessage("missing field 'data'")
         sleep = float(get_field(payload, "sleep", (int, float), required=False, default=0))
@@ -71,8 +77,11 @@ class EchoJob(Job[EchoRequest]):
         memory_mb = get_field(payload, "memory_mb", int, required=False, default=0)
         if not 0 <= memory_mb <= MAX_MEMORY_MB:
             raise InvalidMessage(f"field 'memory_mb' must be between 0 and {MAX_MEMORY_MB}")
+        progress = get_field(payload, "progress", int, required=False, default=0)
+        if not 0 <= progress <= MAX_PROGRESS_STEPS:
+            raise InvalidMessage(f"field 'progress' must be between 0 and {MAX_PROGRESS_STEPS}")
         return EchoRequest(data=payload["data"], sleep=sleep, fail=fail, mark=mark,
-                           memory_mb=memory_mb)
+                           memory_mb=memory_mb, progress=progress)
 
     def run(self, request: EchoRequest, context: JobContext) -> dict[str, Any]:
         if request.memory_mb:
@@ -81,7 +90,12 @@ class EchoJob(Job[EchoRequest]):
                                         "done in-process (queue_enabled = 0)")
             # Every byte written, so every page counts in RSS.
             self.ballast.append(bytearray(b"\x01") * (request.memory_mb * 2**20))
-        if request.sleep:
+        if request.progress:
+            for step in range(request.progress):
+                context.progress(step, request.progress, "step")
+                time.sleep(request.sleep / request.progress)
+            context.progress(request.progress, request.progress, "step")
+        elif request.sleep:
             time.sleep(request.sleep)
         if request.fail == "permanent":
             raise PermanentJobError("echo asked to fail permanently")

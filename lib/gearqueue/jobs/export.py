@@ -33,7 +33,7 @@ from ..files import (
     require_dir,
     sha256_file,
 )
-from ..matrices import GeneBlock
+from ..matrices import GeneBlock, Report, reporting
 from ..matrices.chunks import gene_blocks
 from ..matrices.delimited import DELIMITERS, DelimitedReader, write_delimited
 from ..matrices.tables import read_text_matrix
@@ -104,9 +104,11 @@ class ExportJob(Job[ExportRequest]):
             if request.format == "zip":
                 return self._export_zip(request, final, context)
             if request.projection_id is None:
-                num_rows, num_columns, what = self._export_dataset(request, final)
+                num_rows, num_columns, what = self._export_dataset(request, final,
+                                                                   context.progress)
             else:
-                num_rows, num_columns, what = self._export_projection(request, final)
+                num_rows, num_columns, what = self._export_projection(request, final,
+                                                                      context.progress)
         context.log.info("exported %s to %s: %d rows x %d columns", what, final, num_rows,
                          num_columns)
         return {"success": 1, "file": final.name, "num_rows": num_rows,
@@ -121,7 +123,8 @@ class ExportJob(Job[ExportRequest]):
         if request.projection_id is None or request.group_by is not None:
             datasets = require_dir(datasets, "datasets_dir")
         result = export_zip(final=final, request=request.as_dict(), datasets_dir=datasets,
-                            projections_dir=paths.projections_dir, budget=self.budget)
+                            projections_dir=paths.projections_dir, budget=self.budget,
+                            progress=context.progress)
         table = result.metadata["table"]
         size, checksum = final.stat().st_size, sha256_file(final)
         what = (f"dataset '{request.dataset_id}'" if request.projection_id is None else
@@ -136,7 +139,8 @@ class ExportJob(Job[ExportRequest]):
                            f"({size} bytes; {table['rows']} rows x {table['columns']} "
                            f"columns, {table['layout']})"}
 
-    def _export_dataset(self, request: ExportRequest, final: Path) -> tuple[int, int, str]:
+    def _export_dataset(self, request: ExportRequest, final: Path,
+                        progress: Report) -> tuple[int, int, str]:
         datasets = require_dir(self.settings.paths.datasets_dir, "datasets_dir")
         try:
             source = find_target(datasets, request.dataset_id)
@@ -147,7 +151,8 @@ class ExportJob(Job[ExportRequest]):
             target = open_target(datasets, request.dataset_id)
             try:
                 rows = _write(final, request.format, target.sample_ids,
-                              gene_blocks(target, self.budget),
+                              reporting(gene_blocks(target, self.budget), progress,
+                                        len(target.gene_ids), "rows written"),
                               single_precision=_stores_single_precision(source))
                 return rows, len(target.sample_ids), what
             finally:
@@ -155,10 +160,12 @@ class ExportJob(Job[ExportRequest]):
         delimiter = "\t" if source.suffix == ".tsv" else ","
         with DelimitedReader(source, delimiter, label=f"dataset {source.name}",
                              block_values=self.budget // 8, allow_infinite=True) as reader:
-            rows = _write(final, request.format, reader.sample_ids, reader.blocks())
+            rows = _write(final, request.format, reader.sample_ids,
+                          reporting(reader.blocks(), progress, None, "rows written"))
             return rows, reader.num_samples, what
 
-    def _export_projection(self, request: ExportRequest, final: Path) -> tuple[int, int, str]:
+    def _export_projection(self, request: ExportRequest, final: Path,
+                           progress: Report) -> tuple[int, int, str]:
         projection_id = cast(str, request.projection_id)
         # The by_dataset path does not depend on the gene cart.
         source = ProjectionFiles(self.settings.paths.projections_dir, request.dataset_id,
@@ -169,7 +176,8 @@ class ExportJob(Job[ExportRequest]):
                 f"no {source} (has its projectr job finished?)")
         table = read_text_matrix(source, ",", what="projection", text_columns=1)
         rows = _write(final, request.format, table.labels,
-                      iter([GeneBlock(table.row_ids, table.values)]))
+                      reporting(iter([GeneBlock(table.row_ids, table.values)]), progress,
+                                len(table.row_ids), "rows written"))
         what = (f"projection '{projection_id}' of dataset '{request.dataset_id}' "
                 f"(samples x patterns)")
         return rows, len(table.labels), what

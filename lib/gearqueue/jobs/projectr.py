@@ -142,7 +142,8 @@ class ProjectRJob(Job[ProjectRRequest]):
                 loadings = gear_contract.fill_missing(loadings)
             _check_inputs(request, cart, len(match), fields)
             check_matched_loadings(loadings, match, cart.pattern_names)
-            result = self._project(request, target, match.target_rows, loadings)
+            result = self._project(request, target, match.target_rows, loadings,
+                                   context)
             entry = {"uuid": request.projection_id, "algorithm": request.algorithm,
                      **{key: fields[key] for key in COUNT_FIELDS},
                      "zscore": request.zscore, "scope": request.scope,
@@ -164,12 +165,13 @@ class ProjectRJob(Job[ProjectRRequest]):
                 "projection_id": request.projection_id, **counts}
 
 
-    def _project(self, request: ProjectRRequest, target: Any, genes: Any, loadings: Any
-                 ) -> ProjectionResult:
+    def _project(self, request: ProjectRRequest, target: Any, genes: Any, loadings: Any,
+                 context: JobContext) -> ProjectionResult:
         def run(prepare: gear_contract.Prepare | None) -> ProjectionResult:
             return project(target, genes, loadings, request.algorithm,
                            zscore=request.zscore, full_output=request.full_output,
-                           engine=self.engine, chunk_bytes=self.chunk_bytes, prepare=prepare)
+                           engine=self.engine, chunk_bytes=self.chunk_bytes, prepare=prepare,
+                           progress=context.progress)
         if not self.gear:
             return run(None)
         preprocessing = gear_contract.GearPreprocessing(request.algorithm,

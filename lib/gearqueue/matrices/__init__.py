@@ -21,12 +21,25 @@ writes one line per gene.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 #: A block holds about this many values (8 bytes each as float64): 32 MiB.
 BLOCK_VALUES = 4 * 1024 * 1024
+
+
+#: How a streaming step tells its job how far it is: (done, total or None, phase), as
+#: JobContext.progress takes it (the job passes that; these modules never import jobs).
+Report = Callable[[int, "int | None", str], None]
+
+
+def _ignore(done: int, total: int | None, phase: str) -> None:
+    """No one asked for progress."""
+
+
+NO_REPORT: Report = _ignore
 
 
 @dataclass(frozen=True)
@@ -40,3 +53,14 @@ class GeneBlock:
 def genes_per_block(num_samples: int, block_values: int = BLOCK_VALUES) -> int:
     """How many genes make one block: at least one, even for a huge number of samples."""
     return max(1, block_values // max(1, num_samples))
+
+
+def reporting(blocks: Iterator[GeneBlock], report: Report, total: int | None,
+              phase: str) -> Iterator[GeneBlock]:
+    """`blocks`, reporting the rows done once the consumer has taken each block and
+    asks for the next (so "rows written" counts rows the writer finished)."""
+    done = 0
+    for block in blocks:
+        yield block
+        done += len(block.gene_ids)
+        report(done, total, phase)

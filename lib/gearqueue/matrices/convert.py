@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import MatrixFormatError, PermanentJobError
-from . import BLOCK_VALUES
+from . import BLOCK_VALUES, NO_REPORT, Report
 from .chunks import sample_chunks
 from .delimited import DelimitedReader
 from .h5ad import H5adTarget
@@ -67,8 +67,10 @@ class DuplicateGenes:
 
 
 def text_to_h5ad(source: Path, delimiter: str, destination: Path, *, label: str,
-                 block_values: int = BLOCK_VALUES) -> MatrixSummary:
-    """Parse a genes x samples text upload into an AnnData .h5ad at `destination`."""
+                 block_values: int = BLOCK_VALUES,
+                 progress: Report = NO_REPORT) -> MatrixSummary:
+    """Parse a genes x samples text upload into an AnnData .h5ad at `destination`;
+    `progress` is told the rows read after each block (their total is not known)."""
     summary = MatrixSummary()
     duplicates = DuplicateGenes()
     with DelimitedReader(source, delimiter, label=label, block_values=block_values) as reader:
@@ -76,6 +78,7 @@ def text_to_h5ad(source: Path, delimiter: str, destination: Path, *, label: str,
             for block in reader.blocks():
                 duplicates.add(block.gene_ids)
                 writer.write(block)
+                progress(len(writer.gene_ids), None, "rows read")
             writer.finish()
         summary.num_genes = len(writer.gene_ids)
         summary.num_samples = reader.num_samples
@@ -84,9 +87,10 @@ def text_to_h5ad(source: Path, delimiter: str, destination: Path, *, label: str,
     return summary
 
 
-def check_h5ad(source: Path, *, label: str,
-               block_values: int = BLOCK_VALUES) -> MatrixSummary:
-    """Validate an .h5ad upload with ProjectR's reader, reading X one chunk at a time."""
+def check_h5ad(source: Path, *, label: str, block_values: int = BLOCK_VALUES,
+               progress: Report = NO_REPORT) -> MatrixSummary:
+    """Validate an .h5ad upload with ProjectR's reader, reading X one chunk at a time
+    (`progress`: the samples read)."""
     try:
         target = H5adTarget(source)
     except PermanentJobError as error:
@@ -113,6 +117,7 @@ def check_h5ad(source: Path, *, label: str,
                     f"{start + 1}-{start + len(values)}, the first at sample "
                     f"{samples[start + row]!r}, gene {genes[column]!r}")
             summary.num_missing_values += int(np.count_nonzero(np.isnan(values)))
+            progress(start + len(values), len(samples), "samples read")
     finally:
         target.close()
     return summary

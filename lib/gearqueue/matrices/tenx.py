@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import MatrixFormatError
 from ..files import sha256_file
-from . import mtx
+from . import NO_REPORT, Report, mtx
 from .annotations import GZIP_MAGIC, Table, read_annotations, read_barcodes, read_features
 from .convert import DuplicateGenes, MatrixSummary
 from .sparse_h5ad import SparseH5adWriter
@@ -86,8 +86,10 @@ def uncompressed_size(members: TenxFolder) -> int:
 
 
 def mtx_to_h5ad(members: TenxFolder, destination: Path, *,
-                block_lines: int = mtx.BLOCK_LINES) -> MatrixSummary:
-    """Check every member against the others and write the cells x genes .h5ad."""
+                block_lines: int = mtx.BLOCK_LINES,
+                progress: Report = NO_REPORT) -> MatrixSummary:
+    """Check every member against the others and write the cells x genes .h5ad
+    (`progress`: the cells written)."""
     features = read_features(members.members["features"], members.name("features"))
     barcodes = read_barcodes(members.members["barcodes"], members.name("barcodes"))
     with open_binary(members.members["matrix"]) as stream:
@@ -99,7 +101,8 @@ def mtx_to_h5ad(members: TenxFolder, destination: Path, *,
     if "var" in members.members:
         var.columns.update(read_annotations(members.members["var"], members.name("var"),
                                             features.ids, "gene").columns)
-    conversion = _Conversion(members, destination, header, features, barcodes, block_lines)
+    conversion = _Conversion(members, destination, header, features, barcodes, block_lines,
+                             progress)
     try:
         summary = conversion.run(obs, var, streamed=True)
     except mtx.NotSortedByColumn as unsorted:
@@ -120,6 +123,7 @@ class _Conversion:
     features: Table
     barcodes: list[str]
     block_lines: int
+    progress: Report
 
     def run(self, obs: Table, var: Table, *, streamed: bool) -> MatrixSummary:
         """One pass over matrix.mtx: cells as they come (`streamed`), or sorted first."""
@@ -139,6 +143,8 @@ class _Conversion:
                     summary.num_missing_values += int(np.count_nonzero(
                         np.isnan(block.values)))
                     writer.append(block.counts, block.rows, block.values.astype(dtype))
+                    self.progress(block.first + len(block.counts), header.columns,
+                                  "cells written")
             except mtx.DuplicateEntry as repeat:
                 raise _duplicate(repeat, self.features, self.barcodes, label) from None
             writer.finish(obs, var)

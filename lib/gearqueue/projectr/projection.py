@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..matrices import NO_REPORT, Report
 from ..matrices.targets import Target
 from .engine import Engine
 
@@ -54,16 +55,18 @@ def chunk_size(num_samples: int, num_genes: int, target_bytes: int,
 def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: str, *,
             zscore: bool, full_output: bool, engine: Engine,
             chunk_bytes: int = CHUNK_BYTES,
-            prepare: Callable[[np.ndarray, int, int], None] | None = None
-            ) -> ProjectionResult:
+            prepare: Callable[[np.ndarray, int, int], None] | None = None,
+            progress: Report = NO_REPORT) -> ProjectionResult:
     """Project the target's `genes` (rows, matched order) onto `loadings` (same genes).
 
     `prepare(chunk, start, stop)`, if given, changes each chunk (samples start..stop x
     genes) in place after the z-scores: a contract's own preprocessing (gEAR's).
+    `progress` is told the samples done after each chunk (and, with zscore, of the
+    first pass that takes the genes' statistics).
     """
     num_samples, num_genes = len(target.sample_ids), len(genes)
     step = chunk_size(num_samples, num_genes, target.bytes_per_sample(genes), chunk_bytes)
-    scaling = gene_scaling(target, genes, step) if zscore else None
+    scaling = gene_scaling(target, genes, step, progress) if zscore else None
     fit = engine.fit(loadings, algorithm, full_output and algorithm == "nmf")
     coef = np.empty((fit.num_patterns, num_samples))
     pval = np.empty_like(coef) if fit.full_output else None
@@ -90,6 +93,7 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
             if pval is not None and result.pval is not None:
                 pval[:, start:stop] = result.pval
             log.debug("projected samples %d-%d of %d", start, stop, num_samples)
+            progress(stop, num_samples, "samples projected")
     finally:
         engine.release()
     if algorithm == "pca_centered":
@@ -103,7 +107,8 @@ def project(target: Target, genes: np.ndarray, loadings: np.ndarray, algorithm: 
                             centred_na=centred_na)
 
 
-def gene_scaling(target: Target, genes: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+def gene_scaling(target: Target, genes: np.ndarray, step: int,
+                 progress: Report = NO_REPORT) -> tuple[np.ndarray, np.ndarray]:
     """Each gene's mean and standard deviation (ddof 1) over all samples' finite values.
 
     One streaming pass; chunks are merged with Chan et al.'s pairwise update, so the
@@ -137,6 +142,7 @@ def gene_scaling(target: Target, genes: np.ndarray, step: int) -> tuple[np.ndarr
         count = total
         low = np.minimum(low, np.where(finite, data, np.inf).min(axis=0))
         high = np.maximum(high, np.where(finite, data, -np.inf).max(axis=0))
+        progress(stop, num_samples, "samples z-scored")
     with np.errstate(invalid="ignore", divide="ignore"):
         sd = np.where(count > 1, np.sqrt(m2 / (count - 1)), np.nan)
     sd[low == high] = 0.0

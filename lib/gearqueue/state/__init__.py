@@ -8,11 +8,11 @@ PostgreSQL at `[state] url` (several hosts; postgres.py).
 from __future__ import annotations
 
 from ..config import Settings
-from .records import JobRecord, JobStatus
+from .records import JobRecord, JobStatus, Progress
 from .sqlite import SqliteStore
 from .store import StateStore
 
-__all__ = ["JobRecord", "JobStatus", "StateStore", "open_store"]
+__all__ = ["JobRecord", "JobStatus", "Progress", "StateStore", "open_store"]
 
 
 def open_store(settings: Settings, job_type: str) -> StateStore:

@@ -4,7 +4,8 @@ Chosen by `[state] url` (a libpq URL). One table for the whole deployment, `gear
 (job_type, job_id, record as jsonb), rather than one per job type: one schema to create,
 version and migrate, no DDL when a job type is added, and one place an operator looks.
 The schema version is the one row of `gear_schema`; a database whose schema is newer
-than this code is refused with a ConfigError naming it.
+than this code is refused with a ConfigError naming it, and an older one is migrated
+up (MIGRATIONS) under the schema's advisory lock.
 
 The job lock is a session-level advisory lock keyed by a 64-bit hash of (job_type,
 job_id), taken on a connection held for the lock's whole life and released by the server
@@ -47,7 +48,14 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: The schema this code reads and writes; stored in `gear_schema`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: version -> the statements that bring a schema of version - 1 to it. 2: records may
+#: carry `progress`. The rows need no change (the record is jsonb, and one without
+#: progress still loads), but a gearqueue of version 1 cannot read a record that has
+#: it (its reader refused unknown keys), so the version says so and such a host is
+#: refused with a clear error at start-up rather than failing on a record mid-job.
+MIGRATIONS: dict[int, tuple[str, ...]] = {2: ()}
 
 #: Where a password comes from when the URL has none (else libpq's ~/.pgpass).
 ENV_PASSWORD = "GEAR_STATE_PASSWORD"
@@ -244,6 +252,8 @@ class PostgresStore(RecordStore):
                         f"the job-state database {self.where} has schema version {version}, "
                         f"newer than this gearqueue's {SCHEMA_VERSION}: upgrade gearqueue "
                         "on this host", section="state", key="url")
+                elif version < SCHEMA_VERSION:
+                    self._migrate(connection, version)
         except _UNAVAILABLE as error:
             raise self._unavailable(error) from error
         except psycopg.Error as error:
@@ -251,6 +261,15 @@ class PostgresStore(RecordStore):
                               f"{error}", section="state", key="url") from None
         finally:
             connection.close()
+
+    def _migrate(self, connection: psycopg.Connection[Any], version: int) -> None:
+        """Bring a schema of `version` to SCHEMA_VERSION, in the caller's transaction."""
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[step]:
+                connection.execute(statement)
+        connection.execute("UPDATE gear_schema SET version = %s", (SCHEMA_VERSION,))
+        log.info("job-state database %s: schema migrated from version %d to %d",
+                 self.where, version, SCHEMA_VERSION)
 
     def check_writable(self) -> None:
         try:

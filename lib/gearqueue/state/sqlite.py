@@ -34,8 +34,10 @@ from .store import UNREAD, Change, RecordStore, refuse_existing
 #: `struct flock` of 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid (+ padding).
 _FLOCK = struct.Struct("hh4xqqi4x")
 
-#: Stored in the database header (PRAGMA user_version) by `check_writable`.
-SCHEMA_VERSION = 1
+#: Stored in the database header (PRAGMA user_version) by `check_writable`. 2: records
+#: may carry `progress` (no change to the table; a record without it still loads). A
+#: database of a newer version is refused.
+SCHEMA_VERSION = 2
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS jobs "
            "(job_id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID")
@@ -85,7 +87,9 @@ class SqliteStore(RecordStore):
             connection = self._db.open()
             try:
                 connection.execute("BEGIN IMMEDIATE")
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                (version,) = connection.execute("PRAGMA user_version").fetchone()
+                if version <= SCHEMA_VERSION:
+                    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 connection.execute("COMMIT")
             finally:
                 connection.close()
@@ -93,6 +97,11 @@ class SqliteStore(RecordStore):
         except (OSError, sqlite3.Error) as error:
             raise ConfigError(f"state_dir is not writable: {self.path}: {error}",
                               section="paths", key="state_dir") from None
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"the job-state database {self.path} has schema version "
+                              f"{version}, newer than this gearqueue's {SCHEMA_VERSION}: "
+                              "upgrade gearqueue on this host", section="paths",
+                              key="state_dir")
 
     def probe(self) -> None:
         """The write lock taken and given back, and the lock file opened: what every

@@ -1,7 +1,7 @@
 """What every job-state backend offers, and the job's state machine written once.
 
 Callers never write a status: they name what happened (`queued`, `begin_attempt`,
-`succeeded`, `failed`, `refused`, `reset_for_replay`), and `RecordStore` turns each
+`progressed`, `succeeded`, `failed`, `refused`, `reset_for_replay`), and `RecordStore` turns each
 into the record change, the same for every backend. A backend supplies the storage
 primitives: an atomic read-modify-write of one record, an all-or-none insert of new
 records, a blind write, and the per-job lock.
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import JobExists, StateStoreUnavailable, UnknownJob
-from .records import JobRecord, JobStatus
+from ..errors import InvalidProgress, JobExists, StateStoreUnavailable, UnknownJob
+from .records import JobRecord, JobStatus, Progress
 
 #: A change of one record: the stored record (a new queued one if none) -> the new one.
 Change = Callable[[JobRecord], JobRecord]
@@ -101,6 +101,14 @@ class StateStore(Protocol):
                       restart: bool = False) -> JobRecord:
         """Running attempt `attempt` on `worker` (restart: a fresh publish of a job that
         failed for good starts over, without its old error and reply)."""
+        ...
+
+    def progressed(self, job_id: str, progress: Progress, *,
+                   attempt: AttemptRecord | None = None) -> JobRecord:
+        """The running attempt reports `progress` (throttled by the caller: see
+        worker/progress.py). Only under the job's lock, by the thread that holds it:
+        one write, over the lock's own connection. `attempt`: the attempt was not
+        recorded when it began (see `succeeded`): it is recorded now, as running."""
         ...
 
     def succeeded(self, job_id: str, result: dict[str, Any], *,
@@ -302,7 +310,21 @@ class RecordStore(ABC):
                       restart: bool = False) -> JobRecord:
         cleared: dict[str, Any] = {"error": None, "result": None} if restart else {}
         return self._transition(job_id, lambda record: record.evolve(
-            status=JobStatus.RUNNING, attempts=attempt, worker=worker, **cleared))
+            status=JobStatus.RUNNING, attempts=attempt, worker=worker, progress=None,
+            **cleared))
+
+    def progressed(self, job_id: str, progress: Progress, *,
+                   attempt: AttemptRecord | None = None) -> JobRecord:
+        if job_id not in self._held.records:
+            # Outside the lock it would be a read-modify-write racing the job's own
+            # result, which it could overwrite with `running`.
+            raise InvalidProgress(f"{self.job_type} job {job_id}: progress is recorded only "
+                                  "by the thread running the job (it holds the job's lock)")
+        began: dict[str, Any] = {} if attempt is None else {
+            "status": JobStatus.RUNNING, "attempts": attempt.attempt,
+            "worker": attempt.worker}
+        return self._transition(job_id, lambda record: record.evolve(
+            progress=progress, **began))
 
     def succeeded(self, job_id: str, result: dict[str, Any], *,
                   attempt: AttemptRecord | None = None) -> JobRecord:
@@ -333,7 +355,8 @@ class RecordStore(ABC):
             if previous is not None and previous.status is JobStatus.SUCCEEDED:
                 return None
             self._transition(job_id, lambda record: record.evolve(
-                status=JobStatus.QUEUED, attempts=0, error=None, result=None))
+                status=JobStatus.QUEUED, attempts=0, error=None, result=None,
+                progress=None))
         return previous
 
     def restore(self, record: JobRecord) -> None:

@@ -41,10 +41,11 @@ from ..errors import AttemptsExhausted, StateStoreUnavailable
 from ..jobs import load_job
 from ..jobs.base import Job, JobContext
 from ..log import fields
-from ..state import JobRecord, JobStatus, StateStore, open_store
+from ..state import JobRecord, JobStatus, Progress, StateStore, open_store
 from ..state.store import AttemptRecord
 from . import testhook
 from .outcome import Outcome, as_job_error
+from .progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +146,15 @@ class JobRunner:
     def _run(self, job_id: str, attempt: int, payload: Mapping[str, Any], *,
              began: bool) -> Outcome:
         """Run attempt `attempt`; `began`: it was recorded before, else it is recorded
-        with its outcome."""
+        with its outcome (or with its first progress, as running)."""
+        reporter = self._reporter(job_id, attempt, began=began)
         context = JobContext(
             job_id=job_id, job_type=self.service.job_type, attempt=attempt,
             settings=self.settings, isolated=self.isolated, consumer=self.consumer,
             log=logging.LoggerAdapter(log, fields(job_id=job_id, attempt=attempt,
                                                   job_type=self.service.job_type)),
-            confirm_lock=lambda: self.store.confirm_locked(job_id))
+            confirm_lock=lambda: self.store.confirm_locked(job_id),
+            progress=reporter.report)
         started = time.monotonic()
         testhook.reached(testhook.BEFORE_RUN)
         try:
@@ -171,12 +174,24 @@ class JobRunner:
                 job=self.job, payload=payload, worker=None if began else self.worker)
         else:
             testhook.reached(testhook.MID_RUN)
+            reporter.finish()
             self.store.succeeded(job_id, reply, attempt=None if began else AttemptRecord(
                 attempt, self.worker))
             outcome = Outcome.success(reply, attempt)
         if time.monotonic() - started > HOLD_RESULT_SECONDS:
             self.store.flush()  # too costly to run again after a crash later in the batch
         return outcome
+
+    def _reporter(self, job_id: str, attempt: int, *, began: bool) -> ProgressReporter:
+        """The job's throttled progress; an attempt not recorded yet is recorded, as
+        running, with its first progress (so a long inline job says so while it runs)."""
+        unrecorded = [] if began else [AttemptRecord(attempt, self.worker)]
+
+        def write(progress: Progress) -> None:
+            self.store.progressed(job_id, progress,
+                                  attempt=unrecorded.pop() if unrecorded else None)
+
+        return ProgressReporter(f"{self.service.job_type} job {job_id}", write)
 
     def _replay(self, record: JobRecord) -> Outcome:
         log.info("job already %s; replying from its stored record", record.status.value,
