@@ -9,7 +9,7 @@ carry out the settlement of each batch (`settlement.plan`) against the channel.
 When the job-state store fails (`StateStoreUnavailable`, met by the child or by this
 process), no attempt can be counted and no result stored, so nothing can be settled:
 the batch in hand is given back to the queue untouched (a plan of give-backs, no ack)
-and the loop waits for the store (`_wait_for_store`): its consumer cancelled, its
+and the loop waits for the store (worker/store_wait.py): its consumer cancelled, its
 connection, heartbeats and watchdog kept, the store probed with capped, jittered
 back-off; then it consumes again. The jobs given back are run, or replied to from
 their stored results, when they come back; none of them has an attempt counted by the
@@ -22,8 +22,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from ..backoff import full_jitter
 from ..config import Settings
@@ -31,77 +29,33 @@ from ..errors import (
     BrokerUnavailable,
     ExecutorCrashed,
     ExecutorDied,
-    HardTimeLimitExceeded,
     InvalidMessage,
-    MemoryLimitExceeded,
     PublishError,
     StateStoreUnavailable,
     TopologyMismatch,
 )
-from ..jobs import load_job
 from ..log import fields
-from ..message import Envelope, decode_payload, envelope_of
+from ..message import decode_payload, envelope_of
 from ..state import open_store
 from ..state.migrate import import_record_files
 from . import settlement, testhook
 from .channel import Channel, Delivery
 from .child import Finished, JobOrder
 from .executor import JobExecutor, executor_for
+from .inflight import BatchResult, InFlight, InFlightBatch
 from .limits import Kill, Limits, SignalSoftLimit
 from .notify import Notifier
 from .observers import ConsumerObserver, Observers
-from .outcome import Outcome
-from .runner import record_failure
+from .outside import OutsideFailures
 from .settlement import Ack, GiveBack, Plan, Publish, Reply, Settled
 from .stop import StopRequest
+from .store_wait import StoreWait
 
 log = logging.getLogger(__name__)
 
 #: How often the main loop turns while a job runs: heartbeats, watchdog, limits.
 JOB_POLL_SECONDS = 0.2
 IDLE_POLL_SECONDS = 1.0
-#: Back-off of the probes of a job-state store that failed: full jitter, from 0.5 s,
-#: capped, so a fleet that lost the same database does not come back at one instant.
-STORE_PROBE_BASE_SECONDS = 0.5
-STORE_PROBE_MAX_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """One delivery on its way through the executor child."""
-
-    delivery: Delivery
-    envelope: Envelope
-    payload: dict[str, Any]
-    fresh: bool
-
-
-@dataclass(frozen=True)
-class InFlightBatch:
-    """Deliveries handed to the child together, in delivery order."""
-
-    jobs: list[InFlight]
-    channel: Channel
-    #: time.time() just before the hand-over: a state record updated since is from it.
-    handed_at: float
-    started: float
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """The jobs of a batch that finished (in order), and those to give back: never
-    started, or, after `store_fault`, the whole batch (nothing could be recorded)."""
-
-    settled: list[Settled]
-    unstarted: list[Delivery]
-    store_fault: StateStoreUnavailable | None = None
-
-    @classmethod
-    def given_back(cls, deliveries: list[Delivery], fault: StateStoreUnavailable
-                   ) -> BatchResult:
-        return cls([], deliveries, fault)
-
-
 class Consumer:
     def __init__(self, settings: Settings, job_type: str, *, identifier: str,
                  stop: StopRequest | None = None, notifier: Notifier | None = None,
@@ -123,6 +77,9 @@ class Consumer:
             stop_requested=lambda: self.stop.requested)
         self.job_log = settlement.JobLog(self.service)
         self.observers = Observers(observers or ())
+        self.outside = OutsideFailures(settings, self.service, self.store)
+        self.store_wait = StoreWait(self.service, self.store, self.stop, tick=self._tick,
+                                    say=self._waiting, poll_seconds=JOB_POLL_SECONDS)
         # The broker of the channel before (lost, or cancelled us) is tried last.
         self._open_channel = open_channel or (
             lambda: Channel(self.settings, self.service, self.identifier,
@@ -194,8 +151,7 @@ class Consumer:
                 if channel.cancelled:  # after settling what it had: nothing is abandoned
                     raise BrokerUnavailable("consumer cancelled by the broker")
                 self.notifier.status("idle")
-                self.notifier.watchdog()
-                self.observers.idle()
+                self._tick()
                 channel.pump(IDLE_POLL_SECONDS)
             channel.stop_consuming()
             channel.pump(0)
@@ -205,8 +161,7 @@ class Consumer:
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self.stop.requested and time.monotonic() < deadline:
-            self.notifier.watchdog()
-            self.observers.idle()
+            self._tick()
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
     # --- deliveries --------------------------------------------------------------------
@@ -289,7 +244,7 @@ class Consumer:
         """Wait for a batch, then settle it."""
         try:
             result = self._wait(batch)
-        except StateStoreUnavailable as fault:  # the child's store, or ours (`_split`)
+        except StateStoreUnavailable as fault:  # the child's store, or ours (outside.py)
             result = BatchResult.given_back([job.delivery for job in batch.jobs], fault)
         if result is None:  # immediate stop: the messages went back to the queue
             return
@@ -312,47 +267,8 @@ class Consumer:
         if done.settled:
             self.observers.settled(done.settled)
         if result.store_fault is not None:
-            self._wait_for_store(channel, result.store_fault, len(result.unstarted))
-
-    def _wait_for_store(self, channel: Channel, fault: StateStoreUnavailable,
-                        given_back: int) -> None:
-        """Take no job until the job-state store answers again (or a stop is asked).
-
-        The consumer is cancelled, so the broker hands the queue to other consumers
-        (or keeps it); the connection stays, its heartbeats and the watchdog served
-        while the store is probed with capped, full-jitter back-off.
-        """
-        where = self.store.where
-        log.warning("the job-state store failed; gave back %d job(s), taking none until "
-                    "it answers: %s", given_back, fault, extra=fields(queue=self.service.queue))
-        attempt = 0
-        while not self.stop.requested:
-            attempt += 1
-            self._waiting(f"waiting for the state database (attempt {attempt}): {where}")
-            self._pump_for(channel, full_jitter(attempt, STORE_PROBE_BASE_SECONDS,
-                                                STORE_PROBE_MAX_SECONDS))
-            if self.stop.requested:
-                return
-            try:
-                self.store.probe()
-            except StateStoreUnavailable as error:
-                log.info("waiting for the state database (attempt %d): %s", attempt, error)
-                continue
-            log.info("the state database answers again (attempt %d); consuming from '%s'",
-                     attempt, self.service.queue, extra=fields(queue=self.service.queue))
-            channel.resume()
-            return
-
-    def _pump_for(self, channel: Channel, seconds: float) -> None:
-        """Serve heartbeats and the watchdog for `seconds` (less if a stop is asked)."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.requested:
-            self.notifier.watchdog()
-            self.observers.idle()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            channel.pump(min(left, JOB_POLL_SECONDS))
+            self.store_wait.until_it_answers(channel, result.store_fault,
+                                             len(result.unstarted))
 
     def _wait(self, batch: InFlightBatch) -> BatchResult | None:
         """Keep the connection, the watchdog and the limits while the child runs the batch.
@@ -364,7 +280,7 @@ class Consumer:
             try:
                 finished = self.executor.poll(JOB_POLL_SECONDS)
             except ExecutorDied as died:
-                return self._split(batch, died.done, ExecutorCrashed(str(died)))
+                return self.outside.split(batch, died.done, ExecutorCrashed(str(died)))
             except StateStoreUnavailable:
                 if broker_lost is not None:
                     raise broker_lost from None  # redelivered anyway, after the reconnect
@@ -391,7 +307,7 @@ class Consumer:
             elif isinstance(action, Kill):
                 index = max(self.executor.current, 0)
                 self.executor.kill()
-                return self._split(batch, index, action.error)
+                return self.outside.split(batch, index, action.error)
 
     def _report(self, status: str) -> None:
         """STATUS and WATCHDOG while a job runs; after SIGTERM, say so now, not only
@@ -427,41 +343,12 @@ class Consumer:
                    for job, done in zip(batch.jobs, finished, strict=False)]
         return BatchResult(settled, [job.delivery for job in batch.jobs[len(settled):]])
 
-    def _split(self, batch: InFlightBatch, index: int, error: ExecutorCrashed
-               | HardTimeLimitExceeded | MemoryLimitExceeded) -> BatchResult:
-        """The child is gone in the middle of a batch, at job `index`.
-
-        Jobs before it finished; their outcomes are stored unless the batch's commit
-        was still to come (runner.py), and then they go back to the queue untouched, to
-        run again as redeliveries (their first attempt counted). The job at it may have
-        stored its outcome just before the child died (its record says); otherwise it
-        failed with `error`, recorded here since the child cannot. The jobs after it
-        never started.
-        """
-        seconds = time.monotonic() - batch.started
-        settled: list[Settled] = []
-        unstarted: list[Delivery] = []
-        for position, job in enumerate(batch.jobs[:index + 1]):
-            job_id = job.envelope.job_id
-            outcome = Outcome.from_record(self.store.get(job_id), reused=False,
-                                          since=batch.handed_at)
-            if outcome is None and position < index:
-                unstarted.append(job.delivery)
-                continue
-            settled.append(Settled(job.delivery, job.envelope,
-                                   outcome or self._failed_outside(job_id, job.payload, error),
-                                   seconds))
-        return BatchResult(settled, unstarted + [job.delivery
-                                                 for job in batch.jobs[index + 1:]])
-
     def _reject(self, delivery: Delivery, error: InvalidMessage) -> None:
         """A message that cannot become a job: a clear error in its reply and its state,
         dead-lettered; the consumer goes on."""
         envelope = envelope_of(delivery.properties, delivery.body)
         try:
-            attempt = self._attempts_so_far(envelope.job_id) + 1
-            outcome = record_failure(self.store, envelope.job_id, Outcome.failure(
-                error, attempt, max_retries=self.service.max_retries), job=self._job_hooks())
+            outcome = self.outside.rejected(envelope.job_id, error)
         except StateStoreUnavailable as fault:
             self._settle(BatchResult.given_back([delivery], fault))
             return
@@ -493,21 +380,6 @@ class Consumer:
             raise BrokerUnavailable("the session that received this job is gone")
         return delivery.channel
 
-    def _failed_outside(self, job_id: str, payload: dict[str, Any],
-                        error: ExecutorCrashed | HardTimeLimitExceeded | MemoryLimitExceeded
-                        ) -> Outcome:
-        """Record a failure the child could not record itself (it is dead)."""
-        log.warning("job %s: %s", job_id, error.message, extra=fields(job_id=job_id))
-        attempt = max(self._attempts_so_far(job_id), 1)
-        return record_failure(self.store, job_id, Outcome.failure(
-            error, attempt, max_retries=self.service.max_retries), job=self._job_hooks(),
-            payload=payload)
-
-    def _job_hooks(self) -> Any:
-        """The job type's object here in the consumer, for its final-failure hook only
-        (the child has its own); built on demand, as failures are rare."""
-        return load_job(self.service.job_type)(self.settings)
-
     # --- between batches -------------------------------------------------------------
 
     def _keep_alive_during_batch(self) -> None:
@@ -515,6 +387,11 @@ class Consumer:
         (its results are stored, and their redeliveries reply from them)."""
         with contextlib.suppress(BrokerUnavailable):
             self._keep_alive()
+
+    def _tick(self) -> None:
+        """A sign of life while no job runs: the watchdog, the observers' idle tick."""
+        self.notifier.watchdog()
+        self.observers.idle()
 
     def _starting(self) -> None:
         """While the executor (re)starts: the connection, the watchdog, signs of life."""
@@ -553,7 +430,3 @@ class Consumer:
             log.info("recycling the executor child: %s", reason)
             self.executor.stop()
             self.executor.start(idle=self._starting)
-
-    def _attempts_so_far(self, job_id: str) -> int:
-        record = self.store.get(job_id)
-        return record.attempts if record else 0
