@@ -39,6 +39,9 @@ class RabbitSettings:
     cert_file: str
     key_file: str
     tls_verify: bool
+    connect_retry_seconds: float
+    #: Empty: no events.
+    events_exchange: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class ServiceSettings:
     max_priority: int
     message_ttl: int
     reply_timeout: float
+    #: "none" or "inline": what submit/call do when the broker is down.
+    fallback: str
 
     @property
     def jobs_per_batch(self) -> int:

@@ -12,6 +12,7 @@ nothing an observer does delays an ack.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -102,5 +103,11 @@ class Observers(ConsumerObserver):
 def observers_for(settings: Settings, job_type: str, instance: str) -> list[ConsumerObserver]:
     """The observers gear.ini turns on for one consumer instance (`instance`: systemd's
     %i, "0" for a consumer started by hand). Each is built here, in the order called."""
+    from .events import EventPublisher  # imported here: it subclasses ConsumerObserver
+
     observers: list[ConsumerObserver] = []
+    if settings.rabbitmq.events_exchange:
+        observers.append(EventPublisher(settings.rabbitmq.events_exchange,
+                                        settings.service(job_type),
+                                        host=socket.gethostname(), instance=instance))
     return observers
