@@ -165,9 +165,14 @@ def connect_retrying(settings: Settings, job_type: str, name: str, *, seconds: f
 def connected_url(connection: pika.BlockingConnection, urls: tuple[str, ...]) -> str:
     """Which of `urls` an open connection goes to (its host and port)."""
     params = connection._impl.params  # type: ignore[attr-defined]
+
+    def identity(candidate: pika.connection.Parameters) -> tuple[object, ...]:
+        # Credentials and vhost too: two URLs may name one node as different users.
+        return (candidate.host, candidate.port, candidate.virtual_host,
+                candidate.credentials)
+
     for url in urls:
-        candidate = pika.URLParameters(url)
-        if (candidate.host, candidate.port) == (params.host, params.port):
+        if identity(pika.URLParameters(url)) == identity(params):
             return url
     return urls[0]
 

@@ -82,7 +82,7 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
     Key("connect_retry_seconds", parse_float, 5.0,
         "How long submit() and call() keep trying to reach a broker that is down "
         "(capped exponential backoff) before they raise BrokerDown, or run the job "
-        "in-process where the job type has fallback = inline. After a BrokerDown, the "
+        "in-process where the job type's fallback is inline. After a BrokerDown, the "
         "client tries each URL once per submit until a connect succeeds again. 0: one "
         "try.", minimum=0),
     Key("events_exchange", parse_str, "gear.events",
@@ -206,7 +206,7 @@ SERVICE_KEYS: tuple[Key, ...] = (
     Key("fallback", parse_choice("none", "inline"), "none",
         "What submit() and call() do when queueing is on but no broker answers within "
         "[rabbitmq] connect_retry_seconds. none: raise BrokerDown. inline: run the job "
-        "in the caller's process, as with queue_enabled = 0 (same validation, same state "
+        "in the caller's process, as when queue_enabled is 0 (same validation, same state "
         "record), logged at WARNING and counted (Client.fallbacks)."),
 )
 
