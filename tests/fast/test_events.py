@@ -14,7 +14,13 @@ import pytest
 
 from gearqueue.config import ServiceSettings
 from gearqueue.message import Envelope
-from gearqueue.worker.events import REOPEN_SECONDS, REPLY_LIMIT_BYTES, EventPublisher, event_of
+from gearqueue.worker.events import (
+    REOPEN_SECONDS,
+    REPLY_LIMIT_BYTES,
+    EventPublisher,
+    event_of,
+    event_time,
+)
 from gearqueue.worker.outcome import Outcome
 from gearqueue.worker.settlement import Settled
 
@@ -40,11 +46,13 @@ def failure(*, retrying: bool, reused: bool = False) -> Outcome:
 ])
 def test_each_verdict_has_one_routing_key(echo_service: ServiceSettings, outcome: Outcome,
                                           key: str, verdict: str) -> None:
-    routing_key, event = event_of(settled("j1", outcome), echo_service, host="h",
-                                  instance="2", now=0.0)
+    routing_key, body = event_of(settled("j1", outcome), echo_service, host="h",
+                                 instance="2", when=event_time(0.0))
+    event = json.loads(body)
     assert routing_key == key and event["outcome"] == verdict
     assert event["replayed"] is outcome.reused
     assert event["time"] == "1970-01-01T00:00:00.000Z" and event["duration"] == 0.25
+    assert event["reply"] == outcome.reply
     if not outcome.succeeded:
         assert event["error"]["class"] == "TransientJobError"
         assert len(event["error"]["message"]) == 500
@@ -52,8 +60,9 @@ def test_each_verdict_has_one_routing_key(echo_service: ServiceSettings, outcome
 
 def test_a_large_reply_is_left_out_and_its_size_given(echo_service: ServiceSettings) -> None:
     big = {"success": 1, "rows": "x" * REPLY_LIMIT_BYTES}
-    _, event = event_of(settled("j", Outcome.success(big, 1)), echo_service, host="h",
-                        instance="1", now=0.0)
+    _, body = event_of(settled("j", Outcome.success(big, 1)), echo_service, host="h",
+                       instance="1", when=event_time(0.0))
+    event = json.loads(body)
     assert "reply" not in event and event["reply_bytes"] > REPLY_LIMIT_BYTES
 
 
