@@ -17,7 +17,7 @@ from private_broker import PrivateBroker
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.errors import BrokerDown
+from gearqueue.errors import BrokerDown, UnknownJob
 from gearqueue.state import JobStatus
 
 pytestmark = pytest.mark.slow
@@ -94,7 +94,8 @@ def test_submit_and_call_raise_broker_down_within_the_bound(make_config,
             client.call("echo", {"data": 1}, job_id="down-call")
         assert time.monotonic() - started < 0.5
         # Nothing was recorded as queued for jobs that never left.
-        assert client._store("echo").get("down-submit") is None
+        with pytest.raises(UnknownJob):
+            client.status("echo", "down-submit")
 
 
 def test_fallback_inline_runs_the_job_here_and_stores_its_result(
@@ -114,12 +115,17 @@ def test_fallback_inline_runs_the_job_here_and_stores_its_result(
         reply = client.call("echo", {"data": 1, "sleep": "long"})
         assert reply["success"] == -1 and "field 'sleep'" in reply["message"]
         assert client.fallbacks == 3
+        many = client.submit_many("echo", [{"data": "a"}, {"data": "b"}])
+        assert [client.status("echo", job_id).status for job_id in many] == [
+            JobStatus.SUCCEEDED] * 2
+        assert client.fallbacks == 5
     lines = [record for record in caplog.records if "in-process (fallback = inline)" in
              record.getMessage()]
-    assert len(lines) == 3 and all(line.levelno == logging.WARNING for line in lines)
+    assert len(lines) == 4 and all(line.levelno == logging.WARNING for line in lines)
+    assert "running echo 2 jobs in-process" in lines[3].getMessage()
     assert lines[0].GEAR_JOB_ID == "fallback-submit"  # type: ignore[attr-defined]
     assert lines[0].GEAR_FALLBACK == "inline"  # type: ignore[attr-defined]
-    assert [line.GEAR_FALLBACKS for line in lines] == [1, 2, 3]  # type: ignore[attr-defined]
+    assert [line.GEAR_FALLBACKS for line in lines] == [1, 2, 3, 5]  # type: ignore[attr-defined]
     assert masked(down) in lines[0].getMessage()
 
 
