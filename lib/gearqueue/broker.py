@@ -25,12 +25,15 @@ import logging
 import random
 import ssl
 import threading
+import time
 
 import pika
 import pika.exceptions as pe
 
+from .backoff import full_jitter
 from .config import Settings, mask_url
 from .errors import (
+    BrokerDown,
     BrokerError,
     BrokerUnavailable,
     PublishNacked,
@@ -125,12 +128,51 @@ def connect(settings: Settings, job_type: str, name: str = "gearqueue", *,
     raise BrokerUnavailable("no broker reachable: " + "; ".join(failed))
 
 
+#: Backoff between a client's connect rounds while the broker is down (seconds).
+RETRY_BASE_SECONDS, RETRY_MAX_SECONDS = 0.2, 2.0
+
+
+def connect_retrying(settings: Settings, job_type: str, name: str, *, seconds: float,
+                     what: str) -> pika.BlockingConnection:
+    """`connect`, tried again with capped, full-jitter backoff for up to `seconds`; then
+    BrokerDown, saying what failed, at which URLs (masked) and what to check.
+
+    The bound is on starting a round: a round begun just before it may still take up to
+    `socket_timeout` per unreachable URL (a refused connect is immediate).
+    """
+    deadline = time.monotonic() + seconds
+    rounds = 0
+    while True:
+        rounds += 1
+        try:
+            return connect(settings, job_type, name)
+        except BrokerUnavailable as error:
+            last = error
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(left, full_jitter(rounds, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)))
+    source = ("[rabbitmq] url" if settings.rabbitmq.urls
+              else f"[{job_type}_service] queue_host ([rabbitmq] url is empty)")
+    tried = f"for {seconds:g} s ({rounds} tries)" if rounds > 1 else "once"
+    raise BrokerDown(
+        f"{what}: RabbitMQ did not answer, tried {tried}: {last}. Check that RabbitMQ "
+        f"is running (`systemctl status rabbitmq-server`, `rabbitmq-diagnostics ping`) "
+        f"and that {source} in {settings.source} names it, with the right user and "
+        f"password") from None
+
+
 def connected_url(connection: pika.BlockingConnection, urls: tuple[str, ...]) -> str:
     """Which of `urls` an open connection goes to (its host and port)."""
     params = connection._impl.params  # type: ignore[attr-defined]
+
+    def identity(candidate: pika.connection.Parameters) -> tuple[object, ...]:
+        # Credentials and vhost too: two URLs may name one node as different users.
+        return (candidate.host, candidate.port, candidate.virtual_host,
+                candidate.credentials)
+
     for url in urls:
-        candidate = pika.URLParameters(url)
-        if (candidate.host, candidate.port) == (params.host, params.port):
+        if identity(pika.URLParameters(url)) == identity(params):
             return url
     return urls[0]
 

@@ -4,12 +4,23 @@ With `queue_enabled = 1` a job is published persistent, as JSON, with message_id
 correlation_id, publisher confirms and `mandatory` (so "no queue" is an error, not a
 silent loss). With `queue_enabled = 0` the same validation and job code run in the
 caller's process and no broker is contacted at all.
+
+When queueing is on and no broker answers, a connect is retried for `[rabbitmq]
+connect_retry_seconds` (capped backoff), then `BrokerDown` names the URLs, masked, and
+what to check. After that, each submit tries once (no wait) until a connect succeeds
+again, so a web API does not wait the whole bound on every request while the broker is
+down. With `fallback = inline` in the job type's section, the job runs here instead,
+on the same path as `queue_enabled = 0` (`_run_in_process`), logged at WARNING and
+counted in `Client.fallbacks`. The fallback is taken only when the broker cannot be
+reached before anything is published; a connection lost during a publish still raises
+(the job may be queued).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,11 +30,12 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import topology
-from .broker import close_quietly, connect, connection_parameters, converted_errors
+from .broker import close_quietly, connect_retrying, connection_parameters, converted_errors
 from .bulk import OutgoingMessage, publish_batch
-from .config import Settings
+from .config import Settings, mask_url
 from .errors import (
     BatchPublishError,
+    BrokerDown,
     BrokerUnavailable,
     InvalidMessage,
     PublishError,
@@ -32,9 +44,12 @@ from .errors import (
     ReplyTimeout,
     UnroutableError,
 )
+from .log import fields
 from .message import SAFE_ID, encode_payload, job_properties
 from .state import JobRecord, StateStore, open_store
 from .worker.runner import JobRunner
+
+log = logging.getLogger(__name__)
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -55,6 +70,10 @@ class Client:
         #: One state store per job type for the client's life: a store keeps what it
         #: opened (folders made, its database connection) for the next job.
         self._stores: dict[str, StateStore] = {}
+        #: Jobs run in-process because the broker was down (`fallback = inline`).
+        self.fallbacks = 0
+        #: The last connect ended in BrokerDown: the next ones try once, with no wait.
+        self._broker_down = False
 
     def __enter__(self) -> Client:
         return self
@@ -76,7 +95,8 @@ class Client:
         """Queue a job and return its id (with queueing off: run it now, return its id)."""
         job_id = self._job_id(job_id)
         body = self._encode(job_type, payload)
-        if not self.settings.service(job_type).queue_enabled:
+        if not self.settings.service(job_type).queue_enabled or \
+                self._unreachable(job_type, [job_id]):
             self._run_in_process(job_type, job_id, payload)
             return job_id
         created = self._record_queued(job_type, job_id)
@@ -95,13 +115,13 @@ class Client:
         service = self.settings.service(job_type)
         bodies = [self._encode(job_type, payload) for payload in payloads]
         job_ids = [self._job_id(None) for _ in bodies]
-        if not service.queue_enabled:
+        # _unreachable connects and declares the topology once, so the batch is routable.
+        if not service.queue_enabled or self._unreachable(job_type, job_ids):
             for job_id, payload in zip(job_ids, payloads, strict=True):
                 self._run_in_process(job_type, job_id, payload)
             return job_ids
         # Fresh random ids: nothing to read, nobody reading yet; one commit for all.
         self._store(job_type).queued_many(job_ids)
-        self._channel_for(job_type)  # declares the topology once, so the batch is routable
         now = int(time.time())
         messages = [OutgoingMessage(job_id, body, job_properties(job_type, job_id, timestamp=now))
                     for job_id, body in zip(job_ids, bodies, strict=True)]
@@ -117,7 +137,7 @@ class Client:
         job_id = self._job_id(job_id)
         service = self.settings.service(job_type)
         body = self._encode(job_type, payload)
-        if not service.queue_enabled:
+        if not service.queue_enabled or self._unreachable(job_type, [job_id]):
             return self._run_in_process(job_type, job_id, payload)
         timeout = service.reply_timeout if timeout is None else timeout
         if service.max_length:
@@ -166,6 +186,26 @@ class Client:
                 self.settings, self.settings.service(job_type), isolated=False)
         return runner.execute(job_id, payload, fresh=True).reply
 
+    def _unreachable(self, job_type: str, job_ids: list[str]) -> bool:
+        """Connect (and declare the topology) before anything is recorded or published.
+        True when the broker is down and the job type falls back to running in-process
+        (logged and counted); BrokerDown when it is down and it does not."""
+        try:
+            self._channel_for(job_type)
+        except BrokerDown as error:
+            if self.settings.service(job_type).fallback != "inline":
+                raise
+            self.fallbacks += len(job_ids)
+            urls = ", ".join(mask_url(url) for url in self.settings.broker_urls(job_type))
+            what = f"job {job_ids[0]}" if len(job_ids) == 1 else f"{len(job_ids)} jobs"
+            log.warning("broker down: running %s %s in-process (fallback = inline): %s",
+                        job_type, what, error, extra=fields(
+                            job_id=job_ids[0] if len(job_ids) == 1 else None,
+                            job_type=job_type, fallback="inline", fallbacks=self.fallbacks,
+                            broker=urls))
+            return True
+        return False
+
     def _store(self, job_type: str) -> StateStore:
         store = self._stores.get(job_type)
         if store is None:
@@ -192,7 +232,15 @@ class Client:
     def _channel_for(self, job_type: str) -> BlockingChannel:
         if self._channel is None or not self._channel.is_open:
             self.close()
-            self._connection = connect(self.settings, job_type, self.name)
+            try:
+                self._connection = connect_retrying(
+                    self.settings, job_type, self.name, what=f"cannot queue the {job_type} job",
+                    seconds=0 if self._broker_down
+                    else self.settings.rabbitmq.connect_retry_seconds)
+            except BrokerDown:
+                self._broker_down = True
+                raise
+            self._broker_down = False
             with converted_errors("opening a channel"):
                 self._channel = self._connection.channel()
                 self._channel.confirm_delivery()

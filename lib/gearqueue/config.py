@@ -40,6 +40,9 @@ class RabbitSettings:
     cert_file: str
     key_file: str
     tls_verify: bool
+    connect_retry_seconds: float
+    #: Empty: no events.
+    events_exchange: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class ServiceSettings:
     max_priority: int
     message_ttl: int
     reply_timeout: float
+    #: "none" or "inline": what submit/call do when the broker is down.
+    fallback: str
     #: This type's first metrics port as given (0: derived, see `metrics_port_of`).
     metrics_port: int = 0
 

@@ -79,6 +79,17 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
     Key("cert_file", parse_str, "", "amqps: client certificate (PEM), for TLS client auth."),
     Key("key_file", parse_str, "", "amqps: client private key (PEM)."),
     Key("tls_verify", parse_bool, True, "amqps: verify the broker's certificate and host name."),
+    Key("connect_retry_seconds", parse_float, 5.0,
+        "How long submit() and call() keep trying to reach a broker that is down "
+        "(capped exponential backoff) before they raise BrokerDown, or run the job "
+        "in-process where the job type's fallback is inline. After a BrokerDown, the "
+        "client tries each URL once per submit until a connect succeeds again. 0: one "
+        "try.", minimum=0),
+    Key("events_exchange", parse_str, "gear.events",
+        "Topic exchange every finished job is announced on, with routing key "
+        "<job_type>.succeeded, <job_type>.failed (an attempt failed, a retry follows) or "
+        "<job_type>.dead_lettered; `gearqueue events` tails it. Publishing never delays, "
+        "fails or blocks a job (docs/operations.md, Events). Empty: no events."),
 )
 
 PATH_KEYS: tuple[Key, ...] = (
@@ -220,6 +231,11 @@ SERVICE_KEYS: tuple[Key, ...] = (
         "This type's first metrics port (instance 1; instance N: + N - 1). 0: [metrics] "
         "port + 100 x the type's place (echo 0, projectr 1, dataset_import 2, export 3), "
         "or off when [metrics] port is 0.", minimum=0),
+    Key("fallback", parse_choice("none", "inline"), "none",
+        "What submit() and call() do when queueing is on but no broker answers within "
+        "[rabbitmq] connect_retry_seconds. none: raise BrokerDown. inline: run the job "
+        "in the caller's process, as when queue_enabled is 0 (same validation, same state "
+        "record), logged at WARNING and counted (Client.fallbacks)."),
 )
 
 SECTION_KEYS: dict[str, tuple[Key, ...]] = {

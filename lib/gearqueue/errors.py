@@ -108,6 +108,11 @@ class BrokerUnavailable(BrokerError):
     """No broker could be reached or the connection was lost; reconnecting may help."""
 
 
+class BrokerDown(BrokerUnavailable):
+    """A client kept trying for `[rabbitmq] connect_retry_seconds` and reached no broker:
+    the message names the URLs (passwords masked), why each failed and what to check."""
+
+
 class PublishError(BrokerError):
     """A publish was not accepted by the broker."""
 

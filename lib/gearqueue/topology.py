@@ -120,3 +120,9 @@ def declare(channel: BlockingChannel, service: ServiceSettings) -> None:
                               arguments=dead_queue_arguments(service) or None)
         channel.queue_bind(dead_queue(service), DEAD_LETTER_EXCHANGE,
                            routing_key=service.queue)
+
+
+def declare_events_exchange(channel: BlockingChannel, exchange: str) -> None:
+    """Declare the events exchange (durable topic; idempotent)."""
+    with converted_errors(f"declaring the events exchange '{exchange}'"):
+        channel.exchange_declare(exchange, exchange_type="topic", durable=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .. import exitcodes
 from ..errors import (
+    BrokerDown,
     BrokerUnavailable,
     ConfigError,
     GearError,
@@ -26,6 +27,7 @@ from . import (
     config_cmd,
     dead_cmd,
     doctor_cmd,
+    events_cmd,
     jobs_cmd,
     queues_cmd,
     scale_cmd,
@@ -34,7 +36,7 @@ from . import (
 )
 
 #: Subcommand modules; each has register(subparsers) adding parsers with a `run` default.
-COMMAND_MODULES = (config_cmd, jobs_cmd, watch_cmd, queues_cmd, dead_cmd, doctor_cmd,
+COMMAND_MODULES = (config_cmd, jobs_cmd, watch_cmd, queues_cmd, events_cmd, dead_cmd, doctor_cmd,
                    scale_cmd, state_cmd)
 
 Runner = Callable[[argparse.Namespace], int]
@@ -45,6 +47,7 @@ ERROR_EXITS: tuple[tuple[type[GearError] | tuple[type[GearError], ...], int, str
     (ConfigError, exitcodes.CONFIG, "configuration error: "),
     ((InvalidMessage, UnknownJob), exitcodes.CONFIG, ""),
     (ReplyTimeout, exitcodes.TIMEOUT, "timeout: "),
+    (BrokerDown, exitcodes.BROKER_UNAVAILABLE, "broker down: "),
     (BrokerUnavailable, exitcodes.BROKER_UNAVAILABLE, "broker unavailable: "),
 )
 

@@ -124,9 +124,9 @@ class ConsumerMetrics(ConsumerObserver):
 
     # --- for other observers -------------------------------------------------------------
 
-    def event_failed(self) -> None:
-        """Count an event the events publisher could not publish."""
-        self._events_failed.inc()
+    def event_failed(self, count: int = 1) -> None:
+        """Count events the events publisher could not publish."""
+        self._events_failed.inc(count)
 
     def _tick(self) -> None:
         if self.output is not None:

@@ -12,6 +12,7 @@ nothing an observer does delays an ack.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -144,4 +145,11 @@ def observers_for(settings: Settings, job_type: str, instance: str,
     output = metrics_output_for(settings, job_type, instance, identifier)
     metrics = ConsumerMetrics(job_type, instance, output)
     observers: list[ConsumerObserver] = [status, metrics]
+    if settings.rabbitmq.events_exchange:
+        from .events import EventPublisher  # imported here: it subclasses ConsumerObserver
+
+        observers.append(EventPublisher(settings.rabbitmq.events_exchange,
+                                        settings.service(job_type),
+                                        host=socket.gethostname(), instance=instance,
+                                        count_failed=metrics.event_failed))
     return observers
