@@ -16,6 +16,7 @@ from ..config import load_settings
 from ..errors import ConfigError, GearError, TopologyMismatch
 from ..log import setup_logging
 from . import testhook
+from .executor import stop_resource_tracker
 from .loop import Consumer
 from .observers import observers_for
 from .stop import StopRequest
@@ -47,6 +48,8 @@ def run_consumer(job_type: str, argv: list[str] | None = None) -> int:
     except GearError as error:
         log.error("%s: %s", type(error).__name__, error)
         return 1
+    finally:
+        stop_resource_tracker()
     return exitcodes.OK
 
 
