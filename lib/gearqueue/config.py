@@ -39,6 +39,7 @@ class RabbitSettings:
     cert_file: str
     key_file: str
     tls_verify: bool
+    management_port: int = 15672
 
 
 @dataclass(frozen=True)

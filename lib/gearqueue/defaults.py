@@ -79,6 +79,12 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
     Key("cert_file", parse_str, "", "amqps: client certificate (PEM), for TLS client auth."),
     Key("key_file", parse_str, "", "amqps: client private key (PEM)."),
     Key("tls_verify", parse_bool, True, "amqps: verify the broker's certificate and host name."),
+    Key("management_port", parse_int, 15672,
+        "Port of the management API (rabbitmq_management) on each broker's host, reached "
+        "with the URL's credentials: `gearqueue doctor` reads queue types and arguments, "
+        "policies and the cluster's nodes from it, and reports a plugin that is off or "
+        "does not answer. 0: do not use it (doctor then checks with AMQP declares and a "
+        "local rabbitmqctl only).", minimum=0),
 )
 
 PATH_KEYS: tuple[Key, ...] = (
