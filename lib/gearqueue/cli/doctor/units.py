@@ -150,7 +150,9 @@ def check_units(settings: Settings, service: ServiceSettings
                                  f"gearqueue scale {service.job_type} {service.workers}"))
             problems.append("enabled")
         active, sub = state.get("ActiveState"), state.get("SubState")
-        status = f", STATUS {state['StatusText']!r}" if state.get("StatusText") else ""
+        # systemd keeps the last STATUS= of a stopped unit: only a live one's is news.
+        status = f", STATUS {state['StatusText']!r}" if state.get("StatusText") and \
+            active in ("active", "activating") else ""
         if active == "failed":
             findings.append(fail(unit, f"failed (result {state.get('Result')})",
                                  f"journalctl -u {unit} -n 50 says why; after fixing it, "
