@@ -85,14 +85,31 @@ def _differences(spec: QueueSpec, record: dict[str, Any]) -> list[str]:
     return differences
 
 
-def check_with_api(api: ManagementApi, spec: QueueSpec) -> tuple[Finding | None, QueueSeen]:
+def _live_counts(connection: pika.BlockingConnection, name: str) -> QueueSeen:
+    """Consumers and ready jobs now (a passive declare): the API's counts are
+    statistics, up to collect_statistics_interval (5 s) old."""
+    channel = connection.channel()
+    try:
+        frame = channel.queue_declare(name, passive=True)
+        return QueueSeen(True, frame.method.consumer_count, frame.method.message_count)
+    except pe.ChannelClosedByBroker as error:
+        if error.reply_code == 404:
+            return QueueSeen()
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def check_with_api(api: ManagementApi, connection: pika.BlockingConnection, spec: QueueSpec
+                   ) -> tuple[Finding | None, QueueSeen]:
     """(a mismatch finding or None, what was seen) from the queue's API record."""
     try:
         record = api.queue(spec.name)
     except NotFound:
         return None, QueueSeen()
-    seen = QueueSeen(True, int(record.get("consumers") or 0),
-                     int(record.get("messages_ready") or 0), record)
+    seen = _live_counts(connection, spec.name)
+    seen.record = record
     differences = _differences(spec, record)
     if differences:
         return fail(spec.name, "declared otherwise than gear.ini says (management API): "
@@ -157,7 +174,7 @@ def check_service(connection: pika.BlockingConnection, settings: Settings,
         try:
             if api is None:
                 raise ManagementUnavailable("not in use")
-            finding, seen[spec.name] = check_with_api(api, spec)
+            finding, seen[spec.name] = check_with_api(api, connection, spec)
         except ManagementUnavailable:
             finding, seen[spec.name] = check_with_amqp(connection, spec, vhost)
         if finding is not None:
