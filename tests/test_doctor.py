@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from conftest import BROKER_URL
 
 from gearqueue.client import Client
+from gearqueue.codeversion import code_digest
 from gearqueue.config import load_settings
 from gearqueue.worker.channel import consumer_arguments
 
@@ -198,3 +200,31 @@ def test_x_consumer_timeout_is_asked_for_only_from_3_12_and_with_a_time_limit(
     assert consumer_arguments(service, (4, 0, 5)) == {"x-consumer-timeout": 160_000}
     unlimited = load_settings(make_config("unlimited.ini")).service("echo")
     assert consumer_arguments(unlimited, (3, 13, 1)) is None
+
+
+def test_a_consumer_running_other_code_than_this_checkout_is_named(
+        make_config, start_consumer, tmp_path: Path) -> None:
+    # No systemd here: consumers started by hand are found by the code record each one
+    # writes at start. One runs this checkout; another a copy of it edited since.
+    import gearqueue
+
+    config = make_config(echo_service={"time_limit": 600}, rabbitmq=NO_MANAGEMENT)
+    current = start_consumer(config, instance="1")
+    copy = tmp_path / "older" / "gearqueue"
+    shutil.copytree(Path(gearqueue.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "defaults.py").write_text((copy / "defaults.py").read_text() + "# older\n")
+    older = start_consumer(config, instance="2", env={"PYTHONPATH": str(copy.parent)})
+    code, findings = doctor(config, "echo")
+    assert code == 1
+    here = code_digest()
+    assert about(findings, "echo-consumer-1") == [
+        ("ok", f"pid {current.process.pid} runs this code {here}")]
+    assert problems(findings) == [(
+        "echo-consumer-2", f"pid {older.process.pid} runs code {code_digest(copy)} ({copy}), "
+        f"not this code {here} ({Path(gearqueue.__file__).parent})",
+        f"restart it: kill -TERM {older.process.pid} (it finishes its job first), then "
+        "start it again from this checkout")]
+    older.stop()
+    code, findings = doctor(config, "echo")
+    assert (code, problems(findings)) == (0, [])

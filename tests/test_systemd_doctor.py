@@ -155,7 +155,7 @@ def test_doctor_loads_r_as_the_projectr_unit_would_and_names_a_broken_r_home(
     assert (code, problems(findings)) == (0, [])
     levels = about(findings, "projectr R")
     assert levels[0] == ("info", f"checked with the unit's python {PREFIX}/venv/bin/python "
-                         "and its Environment= lines", "")
+                         "and its Environment= lines as user gear", "")
     assert levels[1][0] == "ok" and "limma and nnls load" in levels[1][1]
 
     fleet.ns.run("mkdir", "-p", "/var/lib/gear/empty-r-home")

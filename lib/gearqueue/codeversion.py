@@ -62,7 +62,7 @@ def record_running_code(state_dir: Path, identifier: str) -> None:
     record = {"pid": os.getpid(), "digest": code_digest(), "package": str(PACKAGE_DIR),
               "started": time.time()}
     try:
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(record))
         temporary.replace(path)

@@ -72,8 +72,9 @@ def check_host(settings: Settings, service: ServiceSettings,
         yield from found
         if code is not None:
             yield from units.check_code(settings, service.job_type, code)
-    yield from executor_env.check_r(service.job_type, code.python if code else None,
-                                    code.environment if code else {}, environ)
+    else:
+        yield from units.check_started_by_hand(settings, service.job_type)
+    yield from executor_env.check_r(service.job_type, code, environ)
 
 
 def diagnose(settings: Settings, job_types: list[str],
@@ -93,7 +94,7 @@ def diagnose(settings: Settings, job_types: list[str],
         if not service.queue_enabled:
             yield info(job_type, "queue_enabled = 0: jobs run in the caller's process; no "
                        "broker or consumer needed")
-            yield from executor_env.check_r(job_type, None, {}, environ)
+            yield from executor_env.check_r(job_type, None, environ)
             continue
         yield from check_host(settings, service, environ)
         by_broker.setdefault(settings.broker_urls(job_type), []).append(service)

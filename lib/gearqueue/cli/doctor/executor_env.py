@@ -2,9 +2,11 @@
 
 The check starts a child as the consumer starts its executor: the same python (under
 systemd, the one in the unit's ExecStart; else this one) with the same environment
-(the unit's Environment= lines over ours; else ours), and runs rprobe.py in it, which
-loads rpy2, starts R, loads limma and nnls and starts ProjectR's R engine. A failure
-names what did not load and how to install it.
+(the unit's Environment= lines over ours; else ours) and, when doctor runs as root,
+as the unit's User=/Group= (setpriv), and runs rprobe.py in it, which loads rpy2,
+starts R, loads limma and nnls and starts ProjectR's R engine. A failure names what did
+not load and how to install it. The unit's sandbox (MemoryDenyWriteExecute, ...) is
+not reproduced: rpy2's API mode, which install.sh builds, needs none of what it forbids.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .findings import Finding, fail, info, ok
+from .units import UnitCode
 
 PROBE = Path(__file__).with_name("rprobe.py")
 PROBE_TIMEOUT = 120.0
@@ -34,10 +37,11 @@ FIXES = {
 }
 
 
-def probe_r(python: str, environ: Mapping[str, str], where: str) -> Iterator[Finding]:
+def probe_r(python: str, environ: Mapping[str, str], where: str,
+            as_user: Sequence[str] = ()) -> Iterator[Finding]:
     subject = "projectr R"
     try:
-        result = subprocess.run([python, str(PROBE)], capture_output=True, text=True,
+        result = subprocess.run([*as_user, python, str(PROBE)], capture_output=True, text=True,
                                 timeout=PROBE_TIMEOUT, env=dict(environ), check=False,
                                 cwd="/")
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -81,19 +85,25 @@ def probe_r(python: str, environ: Mapping[str, str], where: str) -> Iterator[Fin
              f"executor's environment ({where}); {steps['engine']['detail']}")
 
 
-def check_r(job_type: str, unit_python: str | None, unit_environment: Mapping[str, str],
-            environ: Mapping[str, str] = os.environ) -> Iterator[Finding]:
+def check_r(job_type: str, unit: UnitCode | None, environ: Mapping[str, str] = os.environ
+            ) -> Iterator[Finding]:
     """The R check of `job_type`, as its executor would load R."""
     if job_type not in R_JOB_TYPES:
         return
-    if unit_python is None:
+    if unit is None:
         yield from probe_r(sys.executable, environ, f"{sys.executable}, this environment")
         return
-    if not Path(unit_python).exists():
-        yield fail("projectr R", f"the units' python {unit_python} does not exist",
+    if not Path(unit.python).exists():
+        yield fail("projectr R", f"the units' python {unit.python} does not exist",
                    "re-run install.sh (production mode)")
         return
-    yield info("projectr R", f"checked with the unit's python {unit_python} and its "
-               "Environment= lines")
-    yield from probe_r(unit_python, {**environ, **unit_environment},
-                       f"{unit_python}, the unit's environment")
+    as_user: list[str] = []
+    whom = ""
+    if unit.user and os.geteuid() == 0:
+        as_user = ["setpriv", f"--reuid={unit.user}", f"--regid={unit.group or unit.user}",
+                   "--init-groups", "--"]
+        whom = f" as user {unit.user}"
+    yield info("projectr R", f"checked with the unit's python {unit.python} and its "
+               f"Environment= lines{whom}")
+    yield from probe_r(unit.python, {**environ, **unit.environment},
+                       f"{unit.python}, the unit's environment", as_user)

@@ -25,7 +25,7 @@ from .findings import Finding, fail, info, ok
 SYSTEMD_RUNNING = Path("/run/systemd/system")
 INSTALL_MARK = ".gearqueue-install"
 PROPERTIES = ("LoadState", "UnitFileState", "ActiveState", "SubState", "Result", "MainPID",
-              "StatusText", "ExecStart", "Environment")
+              "StatusText", "ExecStart", "Environment", "User", "Group")
 
 
 def systemd_running() -> bool:
@@ -51,6 +51,9 @@ class UnitCode:
     package: Path | None
     #: Environment= of the unit, as a mapping.
     environment: dict[str, str]
+    #: User= and Group= of the unit (empty: root).
+    user: str = ""
+    group: str = ""
 
 
 def unit_code(state: dict[str, str]) -> UnitCode | None:
@@ -71,7 +74,8 @@ def unit_code(state: dict[str, str]) -> UnitCode | None:
         package = Path(result.stdout.strip()) if result.returncode == 0 else None
     except OSError:
         package = None
-    return UnitCode(python, package, environment)
+    return UnitCode(python, package, environment, state.get("User", ""),
+                    state.get("Group", ""))
 
 
 def checkout_dir(installed: Path | None) -> Path | None:
@@ -183,3 +187,33 @@ def _check_running(settings: Settings, unit: str, prefix: str, number: int,
         return [fail(unit, f"runs code {record.digest}, not the installed {installed}: "
                      "installed after it started", restart)]
     return [ok(unit, f"runs the installed code {installed}")]
+
+
+def check_started_by_hand(settings: Settings, job_type: str) -> Iterator[Finding]:
+    """Without systemd: consumers of `job_type` alive now (by the records they wrote at
+    start, their pid still a consumer) against this code."""
+    prefix = unit_prefix(job_type)
+    folder = settings.paths.state_dir / codeversion.RUNNING_DIR
+    here: str | None = None
+    for path in sorted(folder.glob(f"{prefix}-*.json")):
+        identifier = path.stem
+        record = codeversion.read_running_code(settings.paths.state_dir, identifier)
+        if record is None or not _is_consumer(record.pid):
+            continue
+        here = here or codeversion.code_digest()
+        if record.digest == here:
+            yield ok(identifier, f"pid {record.pid} runs this code {here}")
+        else:
+            yield fail(identifier, f"pid {record.pid} runs code {record.digest} "
+                       f"({record.package}), not this code {here} ({codeversion.PACKAGE_DIR})",
+                       f"restart it: kill -TERM {record.pid} (it finishes its job first), "
+                       f"then start it again from this checkout")
+
+
+def _is_consumer(pid: int) -> bool:
+    """Is `pid` alive and a consumer (a pid may have been reused since)?"""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"_consumer.py" in command or b"gearqueue" in command
