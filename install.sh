@@ -273,7 +273,9 @@ install_production() {
     ensure_broker
     ensure_user
     install -d -m 0755 "$PREFIX" "$PREFIX/listeners" "$PREFIX/share/doc"
-    touch "$PREFIX/.gearqueue-install"
+    # Marks our prefix (for --uninstall) and names the checkout, which doctor compares
+    # the installed code with.
+    printf 'source=%s\n' "$HERE" > "$PREFIX/.gearqueue-install"
     PYTHON=${PYTHON:-/usr/bin/python3} ensure_venv "$PREFIX/venv" "r,h5ad,figures,systemd,postgresql" copy
     install -m 0755 "$HERE"/listeners/*_consumer.py "$PREFIX/listeners/"
     ln -sfn "$PREFIX/venv/bin/gearqueue" "$BIN_LINK"

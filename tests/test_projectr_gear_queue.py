@@ -31,7 +31,7 @@ from projectr_fixtures import (
 )
 from test_projectr_gear import GEAR_INI
 
-from gearqueue.cli.doctor_checks import diagnose
+from gearqueue.cli.doctor import diagnose
 from gearqueue.config import load_settings
 
 #: Real R and a real broker: the slow tier.

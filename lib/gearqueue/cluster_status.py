@@ -10,19 +10,17 @@ cluster of one node and is listed the same way.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-MANAGEMENT_PORT = 15672
+from .management import DEFAULT_PORT, ManagementApi, ManagementUnavailable, amqp_ports
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "")
 
 
@@ -48,17 +46,18 @@ class ClusterStatusUnknown(Exception):
 
 
 def read_cluster_status(urls: Iterable[str], environ: Mapping[str, str] = os.environ,
-                        timeout: float = 5.0) -> ClusterStatus:
-    """The cluster's nodes, from the first source that answers; ClusterStatusUnknown."""
+                        timeout: float = 5.0, management_port: int = DEFAULT_PORT
+                        ) -> ClusterStatus:
+    """The cluster's nodes, from the first source that answers; ClusterStatusUnknown.
+    `management_port` 0: rabbitmqctl only."""
     urls = tuple(urls)
     reasons = []
-    for url in urls:
+    for url in urls if management_port else ():
         try:
-            return ClusterStatus(_from_management(url, amqp_ports(urls), timeout),
-                                 "management API")
-        except (OSError, ValueError, KeyError) as error:
-            reasons.append(f"management API of {urlparse(url).hostname}: "
-                           f"{getattr(error, 'reason', error)}")
+            return ClusterStatus(_from_management(url, amqp_ports(urls), timeout,
+                                                  management_port), "management API")
+        except (ManagementUnavailable, KeyError) as error:
+            reasons.append(f"management API of {urlparse(url).hostname}: {error}")
     try:
         return ClusterStatus(_from_rabbitmqctl(urls, environ), "rabbitmqctl cluster_status")
     except ClusterStatusUnknown as error:
@@ -66,36 +65,18 @@ def read_cluster_status(urls: Iterable[str], environ: Mapping[str, str] = os.env
     raise ClusterStatusUnknown("; ".join(reasons))
 
 
-def _from_management(url: str, ports: set[int], timeout: float) -> tuple[NodeState, ...]:
+def _from_management(url: str, ports: set[int], timeout: float, port: int
+                     ) -> tuple[NodeState, ...]:
     """The nodes from /api/nodes, once /api/overview shows an AMQP listener on one of
     `ports` (the API on that host may belong to another broker)."""
-    overview = _get_json(url, "/api/overview", timeout)
-    served = {int(listener.get("port", 0)) for listener in overview.get("listeners") or ()
-              if str(listener.get("protocol", "")).startswith("amqp")}
-    if not ports & served:
-        raise ValueError(f"it serves another broker (AMQP on {sorted(served)})")
-    nodes: list[dict[str, Any]] = _get_json(url, "/api/nodes", timeout)
+    api = ManagementApi(url, port, timeout)
+    api.serves(ports)
+    nodes: list[dict[str, Any]] = api.get("/api/nodes")
     return tuple(NodeState(
         name=node["name"], running=bool(node.get("running")),
         alarms=tuple(alarm for alarm, key in (("memory", "mem_alarm"),
                                               ("disk", "disk_free_alarm")) if node.get(key)),
         partitions=tuple(node.get("partitions") or ())) for node in nodes)
-
-
-def _get_json(url: str, path: str, timeout: float) -> Any:
-    parsed = urlparse(url)
-    scheme = "https" if parsed.scheme == "amqps" else "http"
-    request = urllib.request.Request(f"{scheme}://{parsed.hostname}:{MANAGEMENT_PORT}{path}")
-    credentials = f"{unquote(parsed.username or 'guest')}:{unquote(parsed.password or 'guest')}"
-    request.add_header("Authorization",
-                       "Basic " + base64.b64encode(credentials.encode()).decode())
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.load(response)
-
-
-def amqp_ports(urls: Iterable[str]) -> set[int]:
-    return {urlparse(url).port or (5671 if url.startswith("amqps") else 5672)
-            for url in urls}
 
 
 def _from_rabbitmqctl(urls: tuple[str, ...], environ: Mapping[str, str]
@@ -142,43 +123,49 @@ def nodes_of(status: Mapping[str, Any], urls: tuple[str, ...]) -> tuple[NodeStat
                  for name in members)
 
 
-#: (level, subject, message) with level one of doctor's: "ok", "info", "warn", "fail".
-Finding = tuple[str, str, str]
+#: (level, subject, message, fix) with level one of doctor's: "ok", "info", "fail"; the
+#: fix is empty unless level is "fail".
+Finding = tuple[str, str, str, str]
 
-ALARM_FIXES = {
-    "memory": "publishers on every node are blocked; free memory on that host or raise "
-              "vm_memory_high_watermark",
-    "disk": "publishers on every node are blocked; free disk space under its data folder "
-            "or lower disk_free_limit",
+#: What a resource alarm does, and its fix.
+ALARMS = {
+    "memory": ("publishers on every node are blocked",
+               "free memory on that host or raise vm_memory_high_watermark"),
+    "disk": ("publishers on every node are blocked",
+             "free disk space under its data folder or lower disk_free_limit"),
 }
 
 
-def cluster_findings(urls: Iterable[str], environ: Mapping[str, str] = os.environ
-                     ) -> list[Finding]:
-    """One finding per node of the cluster (running, alarms, partitions), each with its
-    fix; or one saying why the nodes could not be listed."""
+def cluster_findings(urls: Iterable[str], environ: Mapping[str, str] = os.environ,
+                     management_port: int = DEFAULT_PORT) -> list[Finding]:
+    """One finding per node of the cluster (running, alarms, partitions), each problem
+    with its fix; or one saying why the nodes could not be listed."""
     try:
-        status = read_cluster_status(urls, environ)
+        status = read_cluster_status(urls, environ, management_port=management_port)
     except ClusterStatusUnknown as error:
-        return [("info", "cluster", f"nodes not listed ({error}); enable the "
-                 "rabbitmq_management plugin, or run doctor on a node's host")]
+        return [("info", "cluster", f"nodes not listed ({error}): they are read from the "
+                 "management API, or from rabbitmqctl on a node's host", "")]
     findings: list[Finding] = []
     for node in status.nodes:
         subject = f"node {node.name}"
         if not node.running:
-            findings.append(("fail", subject, f"not running ({status.source}): start it "
-                             "(systemctl start rabbitmq-server on its host); if it is gone "
-                             f"for good, rabbitmqctl forget_cluster_node {node.name}"))
+            findings.append(("fail", subject, f"not running ({status.source})",
+                             "start it (systemctl start rabbitmq-server on its host); if "
+                             f"it is gone for good, rabbitmqctl forget_cluster_node "
+                             f"{node.name}"))
             continue
-        problems = [f"{alarm} alarm: {ALARM_FIXES.get(alarm, 'see the node log')}"
-                    for alarm in node.alarms]
+        problems, fixes = [], []
+        for alarm in node.alarms:
+            effect, fix = ALARMS.get(alarm, ("see the node log", "see the node log"))
+            problems.append(f"{alarm} alarm: {effect}")
+            fixes.append(fix)
         if node.partitions:
-            problems.append(f"partitioned from {', '.join(node.partitions)}: restart the "
-                            "nodes of the smaller side once the network is back, and set "
-                            "cluster_partition_handling = pause_minority")
+            problems.append(f"partitioned from {', '.join(node.partitions)}")
+            fixes.append("restart the nodes of the smaller side once the network is back, "
+                         "and set cluster_partition_handling = pause_minority")
         if problems:
-            findings.append(("fail", subject, "; ".join(problems)))
+            findings.append(("fail", subject, "; ".join(problems), "; ".join(fixes)))
         else:
             findings.append(("ok", subject, f"running, no alarms, no partitions "
-                             f"({status.source})"))
+                             f"({status.source})", ""))
     return findings

@@ -43,6 +43,7 @@ class RabbitSettings:
     connect_retry_seconds: float
     #: Empty: no events.
     events_exchange: str
+    management_port: int = 15672
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,12 @@ RABBITMQ_KEYS: tuple[Key, ...] = (
         "<job_type>.succeeded, <job_type>.failed (an attempt failed, a retry follows) or "
         "<job_type>.dead_lettered; `gearqueue events` tails it. Publishing never delays, "
         "fails or blocks a job (docs/operations.md, Events). Empty: no events."),
+    Key("management_port", parse_int, 15672,
+        "Port of the management API (rabbitmq_management) on each broker's host, reached "
+        "with the URL's credentials: `gearqueue doctor` reads queue types and arguments, "
+        "policies and the cluster's nodes from it, and reports a plugin that is off or "
+        "does not answer. 0: do not use it (doctor then checks with AMQP declares and a "
+        "local rabbitmqctl only).", minimum=0),
 )
 
 PATH_KEYS: tuple[Key, ...] = (

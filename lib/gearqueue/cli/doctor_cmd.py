@@ -1,7 +1,9 @@
-"""`gearqueue doctor`: broker reachable, queues as configured, limits the broker allows.
+"""`gearqueue doctor`: the broker, the queues, the limits, R, the units and their code,
+checked against gear.ini (changes nothing).
 
-Exit code 0 when nothing failed (warnings are printed, not fatal), 1 when a check
-failed; 2 for a broken gear.ini, as everywhere.
+Exit code 0 when there is no finding, 1 when there is one or more (each printed with
+its fix); 2 for a broken gear.ini, as everywhere. `ok` and `info` lines never change
+the exit code (see doctor/findings.py).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from typing import Any
 
 from .. import exitcodes
 from ..config import load_settings
-from .doctor_checks import Level, diagnose
+from .doctor import diagnose
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("doctor", help="check the broker, the queues and the "
-                                   "limits against gear.ini (changes nothing)")
+    parser = subparsers.add_parser("doctor", help="check the broker, queues, limits, R, "
+                                   "units and their code against gear.ini (changes nothing; "
+                                   "exit 1 if anything needs fixing)")
     parser.add_argument("job_types", metavar="TYPE", nargs="*",
                         help="job types to check (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -26,13 +29,17 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    failed = False
+    findings = 0
     for finding in diagnose(settings, args.job_types or list(settings.services)):
-        failed |= finding.level is Level.FAIL
+        findings += finding.is_finding
         if args.json:
             print(json.dumps({"level": finding.level.value, "subject": finding.subject,
-                              "message": finding.message}))
-        else:
-            print(f"{finding.level.value.upper():5} {finding.subject:28} {finding.message}",
-                  flush=True)
-    return exitcodes.JOB_FAILED if failed else exitcodes.OK
+                              "message": finding.message, "fix": finding.fix}), flush=True)
+            continue
+        print(f"{finding.level.value.upper():5} {finding.subject:28} {finding.message}",
+              flush=True)
+        if finding.fix:
+            print(f"{'':5} {'':28} fix: {finding.fix}", flush=True)
+    if not args.json:
+        print(f"{findings} finding(s)" if findings else "no findings", flush=True)
+    return exitcodes.JOB_FAILED if findings else exitcodes.OK

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.resource_tracker
 import os
 import signal
 import time
@@ -225,6 +226,35 @@ class Executor:
     @property
     def running(self) -> bool:
         return self._process is not None
+
+
+def stop_resource_tracker() -> None:
+    """End multiprocessing's resource tracker and wait for it, before the consumer exits.
+
+    Starting a child with the spawn context starts the tracker too, a helper process
+    that outlives nothing it tracks here (the shared words of `Progress` are an
+    anonymous mapping it is never told of) and exits only once its parent has exited
+    and closed its pipe. Under systemd (KillMode=mixed) the unit's remaining processes
+    are killed the moment the main process exits, so that exit always lost the race and
+    every clean stop was logged as `Killing process N (python) with signal SIGKILL`.
+    Closing the pipe ourselves and reaping the tracker leaves nothing to kill. A later
+    spawn in the same process (a test's) starts a new tracker.
+    """
+    tracker: Any = multiprocessing.resource_tracker._resource_tracker
+    stop = getattr(tracker, "_stop", None)  # Python 3.11.7+ and 3.12
+    if stop is not None:
+        stop()
+        return
+    fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    tracker._fd = None
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        tracker._pid = None
 
 
 class JobExecutor(Protocol):

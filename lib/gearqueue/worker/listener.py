@@ -12,10 +12,12 @@ import os
 import sys
 
 from .. import exitcodes
+from ..codeversion import record_running_code
 from ..config import load_settings
 from ..errors import ConfigError, GearError, TopologyMismatch
 from ..log import setup_logging
 from . import testhook
+from .executor import stop_resource_tracker
 from .loop import Consumer
 from .observers import observers_for
 from .stop import StopRequest
@@ -38,6 +40,7 @@ def run_consumer(job_type: str, argv: list[str] | None = None) -> int:
     testhook.install()  # no-op unless a test sets GEAR_TEST_HANG_ON_SIGUSR2=1
     try:
         settings = load_settings(args.config)
+        record_running_code(settings.paths.state_dir, identifier)
         consumer = Consumer(settings, job_type, identifier=identifier, stop=stop,
                             observers=observers_for(settings, job_type, args.instance,
                                                         identifier))
@@ -48,6 +51,8 @@ def run_consumer(job_type: str, argv: list[str] | None = None) -> int:
     except GearError as error:
         log.error("%s: %s", type(error).__name__, error)
         return 1
+    finally:
+        stop_resource_tracker()
     return exitcodes.OK
 
 
