@@ -182,6 +182,36 @@ def test_status_json_tells_idle_running_hung_and_stopped_instances(make_config,
              "the stopped process to respond again after SIGCONT")
 
 
+def test_status_shows_the_progress_of_the_job_an_instance_runs(make_config,
+                                                               start_consumer) -> None:
+    # In the executor child, as the long jobs run (projectr, import, export).
+    config = make_config(echo_service={"isolation": "process"})
+    start_consumer(config, instance="1")
+    job_id = f"{config.parent.name}-p"
+    with Client(load_settings(config)) as client:
+        client.submit("echo", {"data": "p", "sleep": 15, "progress": 150}, job_id=job_id)
+
+    def progress() -> dict[str, Any] | None:
+        view = by_instance(status_json(config))["1"]
+        return view["progress"] if view["job_id"] == job_id else None
+
+    first = wait_for(lambda: (found := progress()) and found["done"] > 0 and found,
+                     "the running job's progress in status --json")
+    assert (first["total"], first["phase"]) == (150, "step")
+    later = wait_for(lambda: (found := progress()) and found["done"] > first["done"] and found,
+                     "the progress to advance")
+    assert later["done"] <= 150
+    table = gearqueue(config, "status", "echo").stdout
+    header, line = table.splitlines()[1:3]
+    cell = line[header.index("PROGRESS"):].split("  ")[0]
+    done, _, rest = cell.partition("/")
+    assert rest == "150 step" and first["done"] < int(done) <= 150, table
+    assert job_id[:20] in line
+    # Once it ends the instance is idle, with no job and no progress.
+    wait_for(lambda: (view := by_instance(status_json(config))["1"])["state"] == "idle"
+             and view["progress"] is None, "the job to end", timeout=30)
+
+
 def test_a_killed_instance_is_gone_not_healthy(make_config, start_consumer) -> None:
     config = make_config()
     consumer = start_consumer(config, instance="1")
