@@ -119,6 +119,7 @@ def test_textfile_mode_writes_the_prom_file_and_marks_a_stop(make_config,
     assert 'gear_consumer_up{instance="1",job_type="echo"} 0.0' in text
     assert "metrics on http" not in consumer.log()  # instead of serving, not as well
     assert not list(folder.glob("*.tmp"))
+    assert (folder / "echo-consumer-1.prom").stat().st_mode & 0o040  # node_exporter's group
 
 
 def test_a_port_in_use_is_a_warning_jobs_go_on_and_it_serves_once_free(
