@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def service_section(job_type: str) -> str:
+    """The gear.ini section of a job type's keys: `[<job_type>_service]`."""
+    return f"{job_type}_service"
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in {"1", "true", "yes", "on"}:

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-from ..config import Settings, metrics_port_of
+from ..config import Settings
+from ..config_checks import metrics_port_of
 from ..files import write_atomically
 from ..log import fields
 
