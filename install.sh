@@ -166,12 +166,15 @@ ensure_config() {
         die "$CONFIG is not valid (see above); fix it and re-run"
 }
 
-data_dirs() {  # the [paths] folders of gear.ini, one a line
+data_dirs() {  # the folders of gear.ini the consumers write: [paths], [metrics] textfile_dir
     "$PREFIX/venv/bin/python" - "$CONFIG" <<'EOF'
 import dataclasses, sys
 from gearqueue.config import load_settings
-for path in dataclasses.astuple(load_settings(sys.argv[1]).paths):
+settings = load_settings(sys.argv[1])
+for path in dataclasses.astuple(settings.paths):
     print(path)
+if settings.metrics.textfile_dir is not None:  # for node_exporter's textfile collector
+    print(settings.metrics.textfile_dir)
 EOF
 }
 

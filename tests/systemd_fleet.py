@@ -55,9 +55,13 @@ class Fleet:
     def queue(self, job_type: str) -> str:
         return f"{self.tag}.{job_type}_jobs"
 
-    def write_config(self, url: str = BROKER_URL, **services: dict[str, object]) -> None:
-        """/etc/gear/gear.ini as an operator would write it; `echo={"workers": 3}`."""
+    def write_config(self, url: str = BROKER_URL, metrics: dict[str, object] | None = None,
+                     **services: dict[str, object]) -> None:
+        """/etc/gear/gear.ini as an operator would write it; `echo={"workers": 3}`,
+        `metrics={"textfile_dir": ...}` for a [metrics] section."""
         lines = ["[rabbitmq]", f"url = {url}", "heartbeat = 10", "reconnect_max_delay = 1", ""]
+        if metrics:
+            lines += ["[metrics]", *(f"{k} = {v}" for k, v in metrics.items()), ""]
         for job_type in JOB_TYPES:
             # echo in its executor child: these tests are about long jobs, the watchdog
             # and STATUS lines of a job running beside the main loop.

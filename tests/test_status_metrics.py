@@ -119,6 +119,7 @@ def test_textfile_mode_writes_the_prom_file_and_marks_a_stop(make_config,
     assert 'gear_consumer_up{instance="1",job_type="echo"} 0.0' in text
     assert "metrics on http" not in consumer.log()  # instead of serving, not as well
     assert not list(folder.glob("*.tmp"))
+    assert (folder / "echo-consumer-1.prom").stat().st_mode & 0o040  # node_exporter's group
 
 
 def test_a_port_in_use_is_a_warning_jobs_go_on_and_it_serves_once_free(
@@ -180,6 +181,36 @@ def test_status_json_tells_idle_running_hung_and_stopped_instances(make_config,
         victim.signal(signal.SIGCONT)
     wait_for(lambda: by_instance(status_json(config))[victim.instance]["state"] == "idle",
              "the stopped process to respond again after SIGCONT")
+
+
+def test_status_shows_the_progress_of_the_job_an_instance_runs(make_config,
+                                                               start_consumer) -> None:
+    # In the executor child, as the long jobs run (projectr, import, export).
+    config = make_config(echo_service={"isolation": "process"})
+    start_consumer(config, instance="1")
+    job_id = f"{config.parent.name}-p"
+    with Client(load_settings(config)) as client:
+        client.submit("echo", {"data": "p", "sleep": 15, "progress": 150}, job_id=job_id)
+
+    def progress() -> dict[str, Any] | None:
+        view = by_instance(status_json(config))["1"]
+        return view["progress"] if view["job_id"] == job_id else None
+
+    first = wait_for(lambda: (found := progress()) and found["done"] > 0 and found,
+                     "the running job's progress in status --json")
+    assert (first["total"], first["phase"]) == (150, "step")
+    later = wait_for(lambda: (found := progress()) and found["done"] > first["done"] and found,
+                     "the progress to advance")
+    assert later["done"] <= 150
+    table = gearqueue(config, "status", "echo").stdout
+    header, line = table.splitlines()[1:3]
+    cell = line[header.index("PROGRESS"):].split("  ")[0]
+    done, _, rest = cell.partition("/")
+    assert rest == "150 step" and first["done"] < int(done) <= 150, table
+    assert job_id[:20] in line
+    # Once it ends the instance is idle, with no job and no progress.
+    wait_for(lambda: (view := by_instance(status_json(config))["1"])["state"] == "idle"
+             and view["progress"] is None, "the job to end", timeout=30)
 
 
 def test_a_killed_instance_is_gone_not_healthy(make_config, start_consumer) -> None:

@@ -399,6 +399,30 @@ def test_status_shows_units_their_status_lines_a_hung_instance_and_a_failed_unit
     print(table)
 
 
+def test_a_metrics_textfile_dir_is_made_and_writable_inside_the_units_sandbox(
+        fleet: Fleet) -> None:
+    ns, folder = fleet.ns, "/var/lib/gear/metrics"
+    fleet.write_config(metrics={"textfile_dir": folder})
+    try:
+        fleet.install()
+        unit = ns.read_file(f"{UNIT_DIR}/echo-consumer@.service")
+        (paths,) = re.findall(r"^ReadWritePaths=(.*)$", unit, flags=re.M)
+        assert folder in paths.split()
+        assert ns.run("stat", "-c", "%a %U %G", folder).stdout.split() == ["2770", "gear", "gear"]
+        ns.systemctl("start", "echo-consumer@1.service")
+        fleet.wait_running("echo", 1)
+        ns.systemctl("stop", "echo-consumer@1.service")  # the last write says it stopped
+        prom = f"{folder}/echo-consumer-1.prom"
+        assert 'gear_consumer_up{instance="1",job_type="echo"} 0.0' in ns.read_file(prom)
+        # node_exporter reads it as a member of group gear; the units' UMask=0027 leaves 640.
+        assert ns.run("stat", "-c", "%a %U %G", prom).stdout.split() == ["640", "gear", "gear"]
+        assert "cannot write" not in journal_text(fleet, "-u", "echo-consumer@1.service")
+    finally:
+        fleet.write_config()
+        fleet.install()  # the units as the other tests know them
+    assert folder not in ns.read_file(f"{UNIT_DIR}/echo-consumer@.service")
+
+
 def test_reinstall_changes_nothing_and_uninstall_leaves_config_and_data(fleet: Fleet) -> None:
     ns = fleet.ns
     files = [*installed_units(fleet), CONFIG]

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def service_section(job_type: str) -> str:
+    """The gear.ini section of a job type's keys: `[<job_type>_service]`."""
+    return f"{job_type}_service"
+
+
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -140,9 +145,10 @@ METRICS_KEYS: tuple[Key, ...] = (
     Key("textfile_dir", parse_str, "",
         "Instead of serving them, write each consumer's metrics to "
         "<textfile_dir>/<identifier>.prom (atomically, about every 5 s and at exit) for "
-        "node_exporter's textfile collector. Must be writable by the consumers (add it "
-        "to ReadWritePaths= under systemd). Empty: off. Relative paths are taken from "
-        "the folder of gear.ini."),
+        "node_exporter's textfile collector. Must be writable by the consumers: "
+        "install.sh creates it (group gear, like [paths]) and adds it to the units' "
+        "ReadWritePaths=; run it again after setting this. Empty: off. Relative paths are "
+        "taken from the folder of gear.ini."),
 )
 
 STATUS_KEYS: tuple[Key, ...] = (

@@ -30,21 +30,23 @@ TEMP_SUFFIX = ".tmp"
 _READ_SIZE = 1 << 20
 
 
-#: Flags of a temp file of `write_atomically`, created private (0600) like mkstemp's.
+#: Flags of a temp file of `write_atomically`, created private (0600, like mkstemp's)
+#: unless the caller asks for another mode.
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
-def write_atomically(path: Path | str, data: bytes) -> None:
+def write_atomically(path: Path | str, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `path` so that readers see the old or the new file, never a mix.
 
     For small files (no fsync: see `atomic_output` for outputs that must survive a
     power loss). The temp file is named after the writer rather than by mkstemp's
     random retry loop: host, pid and thread, since on a folder shared by several hosts
     (NFS) two writers may have the same pid and thread ident; with a temp of its own
-    each, the last rename wins and the file is whole.
+    each, the last rename wins and the file is whole. `mode` (masked by the umask): a
+    file another user's process reads (node_exporter's) asks for group read.
     """
     temp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
-    handle = os.open(temp, _TEMP_FLAGS, 0o600)
+    handle = os.open(temp, _TEMP_FLAGS, mode)
     try:
         try:
             os.write(handle, data)

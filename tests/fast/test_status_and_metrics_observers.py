@@ -11,10 +11,12 @@ import time
 import pytest
 
 from gearqueue import instances
-from gearqueue.cli.status_instances import instance_views
+from gearqueue.cli.status_instances import instance_views, with_progress
 from gearqueue.cli.status_render import render
 from gearqueue.cli.status_units import UnitState
+from gearqueue.errors import StateStoreUnavailable
 from gearqueue.instances import InstanceRecord
+from gearqueue.state import JobRecord, JobStatus, Progress
 from gearqueue.worker import instance_status
 from gearqueue.worker.instance_status import InstanceStatus
 from gearqueue.worker.metrics import ConsumerMetrics
@@ -165,3 +167,46 @@ def test_the_table_says_durations_and_flags_what_does_not_respond(seconds, text)
     assert "consumers 2 (1 responding here, 1 NOT RESPONDING)" in table
     assert f" {text} " in table.splitlines()[2]
     assert "not responding" in table.splitlines()[3]
+
+
+def test_a_running_jobs_progress_comes_from_its_record_one_read_per_running_instance(
+        ) -> None:
+    now = time.time()
+    views = instance_views([_record(state="running", job_id="j1", job_since=now - 12),
+                            _record(instance="2", state="running", job_id="j2",
+                                    job_since=now - 3),
+                            _record(instance="3")], None, now=now)
+    records = {"j1": JobRecord("j1", "echo", JobStatus.RUNNING, 1,
+                               progress=Progress(40, 100, "chunk")),
+               "j2": JobRecord("j2", "echo", JobStatus.RUNNING, 1)}  # reported nothing yet
+    asked: list[str] = []
+
+    def read(job_id: str) -> JobRecord | None:
+        asked.append(job_id)
+        return records.get(job_id)
+
+    with_progress(views, read)
+    assert asked == ["j1", "j2"]  # the idle instance costs no read
+    assert [view.progress for view in views] == [
+        {"done": 40, "total": 100, "phase": "chunk"}, None, None]
+    row = {"job_type": "echo", "queue": "q", "queue_enabled": True, "queue_exists": True,
+           "ready": 0, "unacked": 2, "retrying": 0, "dead": 0, "consumers": 3,
+           "responding": 3, "not_responding": 0, "failed_units": 0,
+           "instances": [view.as_dict() for view in views]}
+    lines = render([row]).splitlines()
+    assert "PROGRESS" in lines[1]
+    start = lines[1].index("PROGRESS")
+    assert lines[2][start:].startswith("40/100 chunk ")
+    assert lines[3][start:].startswith("- ")
+
+
+def test_a_state_store_that_does_not_answer_costs_the_progress_not_the_status() -> None:
+    (view,) = instance_views([_record(state="running", job_id="j1",
+                                      job_since=time.time())], None)
+
+    def read(job_id: str) -> JobRecord | None:
+        raise StateStoreUnavailable("job state store /x/jobs.sqlite3: disk I/O error")
+
+    with_progress([view], read)
+    assert (view.state, view.job_id, view.progress) == ("running", "j1", None)
+    assert view.detail == "progress unknown: job state store /x/jobs.sqlite3: disk I/O error"

@@ -1,5 +1,6 @@
 """`gearqueue status [TYPE]`: per job type, what waits, what runs, who consumes, what
-died; and per instance on this host, what it does (cli/status_instances.py)."""
+died; and per instance on this host, what it does (cli/status_instances.py), with the
+progress its job last reported (from the job's state record)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from ..broker import close_quietly, connect, converted_errors
 from ..config import ServiceSettings, Settings, load_settings
 from ..errors import BrokerUnavailable
 from ..instances import NOT_RESPONDING
+from ..state import open_store
 from ..topology import dead_queue, retry_queue
 from .queues_unacked import unacked_counts
-from .status_instances import FAILED, GONE, instance_views
+from .status_instances import FAILED, GONE, instance_views, with_progress
 from .status_render import render
 from .status_units import UnitState, consumer_units
 from .status_watch import watch
@@ -130,6 +132,12 @@ def instance_figures(settings: Settings, job_type: str, row: dict[str, Any],
     views = instance_views(instances.read_all(settings, job_type),
                            None if units is None else units.get(job_type, []),
                            stale_after=settings.status.stale_after)
+    if any(view.job_id is not None for view in views):
+        store = open_store(settings, job_type)
+        try:
+            with_progress(views, store.get)  # one read per running instance
+        finally:
+            store.close()
     responding = sum(view.healthy for view in views)
     not_responding = sum(view.state in (NOT_RESPONDING, GONE) for view in views)
     failed = sum(view.state == FAILED for view in views)

@@ -11,16 +11,23 @@ systemd says, in this order:
 - its file's heartbeat is overdue → "not responding" (hung?), whatever the broker says;
 - otherwise what the file says: starting, idle, running, reconnecting, waiting for
   the state database, stopping; a running unit with no file yet: its systemd state.
+
+The progress of the job an instance runs is not in its file (the job reports it to its
+state record, throttled, from wherever it runs): `with_progress` reads it there, one
+record per instance that runs a job.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import instances
+from ..errors import StateStoreUnavailable
 from ..instances import InstanceRecord
+from ..state import JobRecord
 from .status_units import UnitState
 
 FAILED, STOPPED, GONE, RESTARTING = "failed", "stopped", "gone", "restarting"
@@ -41,6 +48,8 @@ class InstanceView:
     pid: int | None = None
     job_id: str | None = None
     job_seconds: float | None = None
+    #: The running job's last reported progress ({done, total, phase}), from its record.
+    progress: dict[str, Any] | None = None
     uptime_seconds: float | None = None
     executor_pid: int | None = None
     executor_rss_mb: float | None = None
@@ -66,6 +75,25 @@ def instance_views(records: list[InstanceRecord], units: list[UnitState] | None,
     return [view for view in views if not (
         units is not None and view.unit is None and view.state == STOPPED
         and (view.heartbeat_age or 0) > 3600)]
+
+
+def with_progress(views: list[InstanceView],
+                  read: Callable[[str], JobRecord | None]) -> None:
+    """Each running job's progress from its state record (`read`: the store's `get`).
+
+    A store that does not answer costs the progress, not the status: the views say so
+    in their detail, and the rest of the table is still true."""
+    for view in views:
+        if view.job_id is None:
+            continue
+        try:
+            record = read(view.job_id)
+        except StateStoreUnavailable as error:
+            view.detail = "; ".join(text for text in (view.detail,
+                                    f"progress unknown: {error}") if text)
+            continue
+        if record is not None and record.progress is not None:
+            view.progress = record.progress.to_json()
 
 
 def _view(name: str, record: InstanceRecord | None, unit: UnitState | None,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-COLUMNS = (("INSTANCE", 8), ("STATE", 15), ("JOB", 32), ("FOR", 7), ("UPTIME", 8),
+from ..state import Progress
+
+COLUMNS = (("INSTANCE", 8), ("STATE", 15), ("JOB", 32), ("FOR", 7), ("PROGRESS", 16),
+           ("UPTIME", 8),
            ("RSS", 8), ("DONE", 6), ("FAILED", 6), ("UNIT", 18))
 
 
@@ -28,6 +31,13 @@ def duration(seconds: float | None) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+def progress_cell(progress: dict[str, Any] | None) -> str:
+    """`40/100 step` (what Progress.describe says), `-` when the job reported none."""
+    if not progress:
+        return "-"
+    return Progress.from_json(progress).describe()
 
 
 def _fit(text: str, width: int) -> str:
@@ -68,6 +78,7 @@ def instance_lines(views: list[dict[str, Any]]) -> list[str]:
         rss = view.get("executor_rss_mb")
         cells = (view["instance"], view["state"], _cell(view.get("job_id")),
                  duration(view.get("job_seconds")) if view.get("job_id") else "-",
+                 progress_cell(view.get("progress")),
                  duration(view.get("uptime_seconds")),
                  f"{rss:.0f} MB" if rss else "-", _cell(view.get("jobs_done")),
                  _cell(view.get("jobs_failed")), _cell(view.get("unit_state")))

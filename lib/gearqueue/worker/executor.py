@@ -32,7 +32,8 @@ from typing import Any, Protocol
 
 import psutil
 
-from ..config import ServiceSettings, Settings, check_isolation
+from ..config import ServiceSettings, Settings
+from ..config_checks import check_isolation
 from ..errors import ExecutorDied, ExecutorStartFailed, StateStoreUnavailable
 from ..jobs.base import INLINE
 from .child import (

@@ -13,7 +13,7 @@ What the child gave and inline has otherwise:
   can stop: the consumer then stops pinging the systemd watchdog (WatchdogSec), which
   kills it, and the job comes back redelivered and counted like any crash.
 - Heartbeats and the watchdog: served between jobs (`keep_alive`), and a job must
-  end well within a heartbeat (config.check_isolation refuses a longer time limit).
+  end well within a heartbeat (config_checks.check_isolation refuses a longer time limit).
 - Crashes: a job that kills the process (segfault, os._exit, kill -9) kills the
   consumer; its message is redelivered to the restarted one (or another), whose
   runner counts the attempt before running it (runner.py): the crash-loop guard and
@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import psutil
 
-from ..config import ServiceSettings, Settings, inline_limit
+from ..config import ServiceSettings, Settings
+from ..config_checks import inline_limit
 from ..errors import ExecutorStartFailed, HardTimeLimitExceeded, SoftTimeLimitExceeded
 from . import testhook
 from .child import Finished, JobOrder

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import instances
-from ..config import Settings, inline_limit
+from ..config import Settings
+from ..config_checks import inline_limit
 from ..files import write_atomically
 from ..instances import InstanceRecord
 from ..log import fields

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-from ..config import Settings, metrics_port_of
+from ..config import Settings
+from ..config_checks import metrics_port_of
 from ..files import write_atomically
 from ..log import fields
 
@@ -100,6 +101,11 @@ class HttpEndpoint:
             server.server_close()
 
 
+#: node_exporter reads the file as its own user, a member of the folder's group (gear):
+#: group-readable (the units' UMask=0027 leaves 0640).
+TEXTFILE_MODE = 0o644
+
+
 class Textfile:
     """`<textfile_dir>/<identifier>.prom` for node_exporter's textfile collector."""
 
@@ -121,7 +127,7 @@ class Textfile:
     def _write(self, registry: CollectorRegistry) -> None:
         self._written = time.monotonic()
         try:
-            write_atomically(self.path, generate_latest(registry))
+            write_atomically(self.path, generate_latest(registry), mode=TEXTFILE_MODE)
         except OSError as error:
             if not self._warned:
                 log.warning("metrics: cannot write %s: %s; jobs go on", self.path, error,
