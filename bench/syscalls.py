@@ -8,7 +8,8 @@ makes per job do not (they move by a few per cent, from the broker's timing), an
 this VM each one costs microseconds, so they say where a job's time goes in a way
 that repeats. Each consumer starts on an empty queue of its own; `strace -c -f` is
 attached to it (and to its executor child), N persistent echo jobs are published from
-this process, and the counts end when the queue is drained and acked. The counts of the
+this process, each asking for a reply (direct reply-to, as `call()` does), and the
+counts end when every reply is in and the jobs are acked. The counts of the
 idle loop (a wake-up a second) are included; over 2,000 jobs they are noise.
 
 Needs strace (installed with apt-get if missing, as root); `make bench` runs this as
@@ -51,6 +52,7 @@ from bench.common import (
     write_gear_ini,
 )
 
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 SYSTEMS = ("raw", "gear_inline", "gear_process")
 #: A row of strace -c's summary: % time, seconds, usecs/call, calls, [errors], syscall.
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
@@ -99,15 +101,19 @@ def measure(system: str, prefetch: int, jobs: int) -> dict[str, Any]:
             time.sleep(1.0)  # attached
             connection = pika.BlockingConnection(broker_params())
             channel = connection.channel()
+            replies: list[bytes] = []
+            channel.basic_consume(DIRECT_REPLY_TO, lambda _c, _m, _p, body: replies.append(
+                body), auto_ack=True)
             for index in range(jobs):
                 job_id = uuid.uuid4().hex
                 channel.basic_publish("", queue, json.dumps({"data": index}).encode(),
                                       pika.BasicProperties(
                                           content_type="application/json", delivery_mode=2,
-                                          message_id=job_id, correlation_id=job_id))
+                                          message_id=job_id, correlation_id=job_id,
+                                          reply_to=DIRECT_REPLY_TO))
             started = time.monotonic()
-            while channel.queue_declare(queue, passive=True).method.message_count:
-                time.sleep(0.05)
+            while len(replies) < jobs and time.monotonic() - started < 120:
+                connection.process_data_events(time_limit=0.05)
             drained = time.monotonic() - started
             time.sleep(0.5)  # the last acks
             connection.close()

@@ -41,6 +41,7 @@ from .errors import (
     UnroutableError,
 )
 from .log import fields
+from .wire import coalesce_frames
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def connect(settings: Settings, job_type: str, name: str = "gearqueue", *,
     `avoid`: the URL of a broker just lost, tried last. `connected_url` tells which
     one the connection went to.
     """
+    coalesce_frames()  # one send() per socket write, not per frame (gearqueue/wire.py)
     urls = settings.broker_urls(job_type)
     parameters = dict(zip(urls, connection_parameters(settings, job_type, name),
                           strict=True))

@@ -72,8 +72,10 @@ class JobTimer:
         try:
             yield
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            # Phase first: an alarm that lands between the two lines then does nothing,
+            # instead of raising out of here and leaving the hard timer armed.
             self._phase = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 class InlineExecutor:
