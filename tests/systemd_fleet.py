@@ -127,7 +127,9 @@ class Fleet:
         """Every consumer stopped and forgotten, test drop-ins gone, base gear.ini back."""
         self.ns.systemctl("stop", "gear-consumers.target", "*-consumer@*.service",
                           "gear-scale@*.service", check=False, timeout=120)
-        self.ns.run("sh", "-c", f"rm -f /etc/systemd/system/*.d/{TEST_DROPIN}")
+        # The drop-in folders a test made go too (install.sh's own are never empty).
+        self.ns.run("sh", "-c", f"rm -f /etc/systemd/system/*.d/{TEST_DROPIN}; "
+                    "rmdir /etc/systemd/system/*.d 2>/dev/null || true")
         self.ns.systemctl("daemon-reload")
         self.ns.systemctl("reset-failed", check=False)
         self.write_config()
