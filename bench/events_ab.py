@@ -7,7 +7,6 @@ to a shared machine's load, the consumer process's CPU (user + system) per job.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -15,16 +14,20 @@ from pathlib import Path
 
 import pika
 
-from bench.common import PYTHON, ROOT, broker_params, gear_queues, start, stop, unique_tag
+from bench.common import (
+    PYTHON,
+    ROOT,
+    broker_params,
+    cpu_seconds,
+    gear_queues,
+    start,
+    stop,
+    unique_tag,
+)
 from gearqueue.client import Client
 from gearqueue.config import load_settings
 
 EXCHANGE = "bench.events"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def config(folder: Path, queue: str, events: bool) -> Path:
