@@ -11,7 +11,7 @@ from conftest import BROKER_URL
 
 from gearqueue.client import Client
 from gearqueue.config import load_settings
-from gearqueue.errors import UnroutableError
+from gearqueue.errors import StateStoreUnavailable, UnroutableError
 from gearqueue.state import JobStatus
 
 pytestmark = pytest.mark.slow
@@ -58,3 +58,23 @@ def test_a_call_with_the_id_of_a_finished_job_gets_its_stored_reply_and_keeps_it
     assert first == again == {"success": 1, "echo": "first", "attempt": 1}
     assert (record.status, record.attempts) == (JobStatus.SUCCEEDED, 1)
     assert record.result == first
+
+
+def test_a_call_whose_queued_record_cannot_be_written_still_gets_its_reply(
+        make_config, start_consumer, monkeypatch, caplog) -> None:
+    config = make_config()
+    start_consumer(config)
+    with Client(load_settings(config)) as client:
+        store = client._store("echo")
+
+        def down(job_id: str) -> bool:
+            raise StateStoreUnavailable(f"state database down (job {job_id})")
+
+        monkeypatch.setattr(store, "queued", down)
+        reply = client.call("echo", {"data": "on its way"}, timeout=30, job_id="store-down-1")
+        monkeypatch.undo()
+        record = client.status("echo", "store-down-1")
+    # The request had left: raising would only have made the caller send it again.
+    assert reply == {"success": 1, "echo": "on its way", "attempt": 1}
+    assert record.status is JobStatus.SUCCEEDED  # its consumer recorded it
+    assert "could not be written; waiting for its reply anyway" in caplog.text

@@ -42,6 +42,7 @@ from .errors import (
     PublishNacked,
     QueueFull,
     ReplyTimeout,
+    StateStoreUnavailable,
     UnroutableError,
 )
 from .log import fields
@@ -155,7 +156,15 @@ class Client:
         # queued record is written after the publish, while the request travels: the
         # insert never overwrites a record the consumer wrote first (state/store.py).
         self._publish_request(job_type, job_id, body)
-        created = self._record_queued(job_type, job_id)
+        try:
+            created = self._record_queued(job_type, job_id)
+        except StateStoreUnavailable as error:
+            # The job is on its way: raising now would only make the caller send it
+            # again. Its consumer records it; this call still gets its reply.
+            log.warning("call(): the queued record of %s job %s could not be written; "
+                        "waiting for its reply anyway: %s", job_type, job_id, error,
+                        extra=fields(job_id=job_id, job_type=job_type))
+            created = False
         with self._refused_unless_queued(job_type, job_id, created):
             return self._await_reply(job_type, job_id, timeout)
 
