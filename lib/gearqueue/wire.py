@@ -56,11 +56,11 @@ def _joined_produce(self: Any) -> None:
 def _understood(transport: Any) -> bool:
     """The plaintext transport's `_produce` is pika's own, of the shape written for."""
     produce = getattr(transport, "_produce", None)
+    if produce is _joined_produce:
+        return True
     code = getattr(produce, "__code__", None)
-    if code is None or produce is _joined_produce:
-        return produce is _joined_produce
-    names = set(code.co_names)
-    return {"_tx_buffers", "_sigint_safe_send", "_tx_buffered_byte_count"} <= names
+    return code is not None and {"_tx_buffers", "_sigint_safe_send",
+                                 "_tx_buffered_byte_count"} <= set(code.co_names)
 
 
 @functools.cache
