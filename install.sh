@@ -116,7 +116,8 @@ ensure_venv() {  # ensure_venv DIR EXTRAS [editable|copy] : a venv with gearqueu
 write_dev_config() {
     [[ -f $HERE/gear.ini ]] && return 0
     log "writing ./gear.ini (data under ./var)"
-    sed -e "s|^;\?\s*url = .*|url = $BROKER_URL|" \
+    # The broker URL goes into [rabbitmq] only: [state] has a url key of its own.
+    sed -e "/^\[rabbitmq\]/,/^\[/ s|^;\?\s*url = .*|url = $BROKER_URL|" \
         -e "s|^;\?\s*\([a-z_]*_dir\) = /var/lib/gear/\(.*\)|\1 = var/\2|" \
         "$HERE/gear.ini.example" > "$HERE/gear.ini"
 }
